@@ -1,0 +1,1 @@
+"""DICOM Exchange: the domain, use cases and adapters behind the Azure Functions app."""

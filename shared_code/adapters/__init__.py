@@ -1,0 +1,1 @@
+"""Azure and local implementations of the ports in ``shared_code.ports``."""
