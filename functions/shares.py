@@ -5,15 +5,17 @@ from __future__ import annotations
 import azure.functions as func
 
 from functions._edge import handle_http, handle_message, request_json
-from shared_code.domain.access import READ_STUDIES, WRITE_SHARES
+from shared_code.domain.access import READ_STUDIES, WRITE_SHARES, Principal
+from shared_code.ports import JsonDict
 from shared_code.services.sharing import request_share, share_status, transfer_share
+from shared_code.wiring import Context
 
 bp = func.Blueprint()
 
 
 @bp.route(route="shares", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def create_share(req: func.HttpRequest) -> func.HttpResponse:
-    def call(ctx, principal):  # type: ignore[no-untyped-def]
+    def call(ctx: Context, principal: Principal) -> tuple[int, JsonDict]:
         principal.require(WRITE_SHARES)
         body = request_json(req)
         from_tenant = principal.tenant_for(str(body.get("from_tenant") or ""))
@@ -36,7 +38,7 @@ def create_share(req: func.HttpRequest) -> func.HttpResponse:
     route="shares/{share_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS
 )
 def get_share(req: func.HttpRequest) -> func.HttpResponse:
-    def call(ctx, principal):  # type: ignore[no-untyped-def]
+    def call(ctx: Context, principal: Principal) -> tuple[int, JsonDict]:
         principal.require(READ_STUDIES)
         tenant = principal.tenant_for(req.params.get("tenant"))
         return 200, share_status(

@@ -12,6 +12,7 @@ from shared_code.errors import Quarantine
 from shared_code.ports import DicomArchive, FhirStore, StateStore
 from shared_code.services import audit
 from shared_code.services.fhir_sync import SyncOutcome, sync_study
+from shared_code.services.locks import lease
 
 _log = logging.getLogger(__name__)
 
@@ -33,7 +34,12 @@ def handle_dicom_event(
     except SettingsError as exc:
         raise Quarantine("unknown_dicom_service", str(exc)) from None
 
-    outcome = sync_study(event, tenant, archive_for(tenant.name), fhir_for(tenant.name))
+    # One sync per tenant at a time: two at once could both create the study's Patient
+    # or ImagingStudy (conditional create is not atomic on every FHIR server).
+    with lease(state, f"fhir-sync:{tenant.name}"):
+        outcome = sync_study(
+            event, tenant, archive_for(tenant.name), fhir_for(tenant.name)
+        )
     audit.record(
         state,
         tenant.name,

@@ -1,0 +1,242 @@
+"""The FHIR store port over the FHIR REST API with ``requests``: AHDS FHIR in Azure
+(bearer tokens from a managed identity) and a local R4 server without auth.
+
+HTTP failures become ``shared_code.errors`` here, so the use cases never see
+``requests`` exceptions or status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urljoin
+
+import requests
+
+from shared_code.errors import Quarantine, RetryLater
+from shared_code.ports import JsonDict
+
+_log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+# Bundle pages followed by one search; a server looping on its next link is a bug
+# we stop on rather than follow forever.
+_MAX_PAGES = 1000
+_MAX_DETAIL = 300
+
+
+class FhirHttpStore:
+    """One tenant's FHIR R4 service, reached over HTTP."""
+
+    def __init__(
+        self,
+        base_url: str,
+        session: requests.Session | None = None,
+        token_provider: Callable[[], str] | None = None,
+        timeout: float = 30,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._session = session or requests.Session()
+        self._token_provider = token_provider
+        self._timeout = timeout
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def read(self, resource_type: str, resource_id: str) -> JsonDict | None:
+        """The current version; ``None`` when it does not exist or was deleted."""
+        response = self._send(
+            "GET", f"{self._base_url}/{resource_type}/{resource_id}", missing_ok=True
+        )
+        if response.status_code in (404, 410):
+            return None
+        return _json(response)
+
+    def search(self, resource_type: str, params: Mapping[str, str]) -> list[JsonDict]:
+        """Every matching resource, following the Bundle's ``next`` links."""
+        resources: list[JsonDict] = []
+        url: str | None = f"{self._base_url}/{resource_type}"
+        query: Mapping[str, str] | None = params
+        seen: set[str] = set()
+        while url and len(seen) < _MAX_PAGES:
+            seen.add(url)
+            bundle = _json(self._send("GET", url, params=query))
+            for entry in bundle.get("entry", []):
+                # _include'd resources are not matches.
+                if entry.get("search", {}).get("mode", "match") == "match":
+                    resources.append(entry["resource"])
+            url = _next_link(bundle)
+            query = None  # the next link carries the query
+            if url in seen:
+                break
+        return resources
+
+    def conditional_create(self, resource: JsonDict, if_none_exist: str) -> JsonDict:
+        """POST with If-None-Exist: the new resource (201) or the one match (200)."""
+        response = self._send(
+            "POST",
+            f"{self._base_url}/{resource['resourceType']}",
+            json_body=resource,
+            headers={"If-None-Exist": if_none_exist},
+        )
+        return self._resource_from(response, resource["resourceType"])
+
+    def conditional_update(self, resource: JsonDict, search: str) -> JsonDict:
+        """PUT ``{type}?{search}``: replaces the one match or creates the resource."""
+        response = self._send(
+            "PUT",
+            f"{self._base_url}/{resource['resourceType']}",
+            params=dict(parse_qsl(search, keep_blank_values=True)),
+            json_body=resource,
+        )
+        return self._resource_from(response, resource["resourceType"])
+
+    def _resource_from(
+        self, response: requests.Response, resource_type: str
+    ) -> JsonDict:
+        """The resource a write returned, or the one its Location names when the
+        server answered with no body or an OperationOutcome (Prefer: minimal)."""
+        body = _json(response) if response.content else {}
+        if body.get("resourceType") == resource_type:
+            return body
+        location = response.headers.get("Location") or response.headers.get(
+            "Content-Location"
+        )
+        if not location:
+            raise RetryLater(
+                f"FHIR {response.request.method} {resource_type} answered "
+                f"{response.status_code} without the resource or a Location"
+            )
+        return _json(self._send("GET", urljoin(f"{self._base_url}/", location)))
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: JsonDict | None = None,
+        headers: Mapping[str, str] | None = None,
+        missing_ok: bool = False,
+    ) -> requests.Response:
+        all_headers = {"Accept": FHIR_JSON, **(headers or {})}
+        if json_body is not None:
+            all_headers["Content-Type"] = FHIR_JSON
+            all_headers["Prefer"] = "return=representation"
+        if self._token_provider is not None:
+            all_headers["Authorization"] = f"Bearer {self._token_provider()}"
+        try:
+            response = self._session.request(
+                method,
+                url,
+                params=params,
+                json=json_body,
+                headers=all_headers,
+                timeout=self._timeout,
+            )
+        except requests.RequestException as exc:
+            # Connection refused or reset, timeouts, broken chunked bodies: all
+            # worth another try; the bus dead-letters after its delivery limit.
+            raise RetryLater(f"FHIR {method} failed: {type(exc).__name__}") from exc
+        if response.ok or (missing_ok and response.status_code in (404, 410)):
+            return response
+        raise _error_for(method, response)
+
+
+def managed_identity_token_provider(
+    base_url: str, client_id: str = ""
+) -> Callable[[], str]:
+    """Bearer tokens for AHDS FHIR from the Function App's managed identity.
+
+    The credential caches tokens and renews them before they expire, so calling
+    the provider on every request is cheap.
+    """
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import ManagedIdentityCredential
+
+    credential = ManagedIdentityCredential(client_id=client_id or None)
+    scope = f"{base_url.rstrip('/')}/.default"
+
+    def token() -> str:
+        try:
+            return credential.get_token(scope).token
+        except ClientAuthenticationError as exc:
+            # The identity endpoint is unavailable or the role is missing; either
+            # way the event must wait, not be dropped.
+            raise RetryLater(f"no token for FHIR: {exc.message}") from exc
+
+    return token
+
+
+def _error_for(method: str, response: requests.Response) -> Exception:
+    status = response.status_code
+    what = f"FHIR {method} answered {status}"
+    if status == 429 or status >= 500:
+        return RetryLater(what, retry_after=_retry_after(response))
+    if status in (400, 422):
+        return Quarantine("fhir_invalid", f"{what}: {_diagnostics(response)}")
+    if status == 412:
+        return Quarantine("fhir_multiple_matches", f"{what}: {_diagnostics(response)}")
+    if status in (401, 403):
+        # Not RetryLater: a missing role assignment or a wrong audience does not
+        # heal by itself, and retrying would only burn the delivery budget. The
+        # item is set aside with a reason an operator can act on, then replayed.
+        return Quarantine("fhir_forbidden", f"{what}: check the identity's role")
+    if status == 409:
+        # A concurrent write to the same resource (version conflict): retry.
+        return RetryLater(what)
+    return Quarantine("fhir_rejected", f"{what}: {_diagnostics(response)}")
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds from Retry-After, given as delta-seconds or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _diagnostics(response: requests.Response) -> str:
+    """What the OperationOutcome says, trimmed; the raw body's start otherwise."""
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.text[:_MAX_DETAIL]
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return str(body)[:_MAX_DETAIL]
+    messages = [
+        issue.get("diagnostics") or issue.get("details", {}).get("text") or ""
+        for issue in body.get("issue", [])
+    ]
+    return "; ".join(filter(None, messages))[:_MAX_DETAIL]
+
+
+def _json(response: requests.Response) -> JsonDict:
+    try:
+        body = response.json()
+    except ValueError:
+        raise RetryLater(
+            f"FHIR answered {response.status_code} with a body that is not JSON"
+        ) from None
+    if not isinstance(body, dict):
+        raise RetryLater(f"FHIR answered {response.status_code} with no JSON object")
+    return body
+
+
+def _next_link(bundle: JsonDict) -> str | None:
+    for link in bundle.get("link", []):
+        if link.get("relation") == "next":
+            return str(link.get("url")) or None
+    return None

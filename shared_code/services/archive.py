@@ -1,0 +1,253 @@
+"""Archive: one staged instance goes into its tenant's DICOM archive (STOW-RS).
+
+The ``instances`` queue consumer's use case. The tenant's policy is applied first
+(clinical keeps identity; research de-identifies with keyed pseudonyms and must pass
+the leak check), then the object is stored once: the state store's ``instances``
+record (the sha256 of what was stored under a SOP Instance UID) makes a redelivered
+message a no-op and a different object under a known UID a conflict. Bad input goes
+to quarantine and the message completes; transient failures (``RetryLater``)
+propagate so the host retries and, in the end, dead-letters.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared_code.config import Settings, TenantSettings
+from shared_code.domain.deid_basic import check_no_leak, deidentify_basic
+from shared_code.domain.dicom_input import ParsedInstance, parse_instance, to_part10
+from shared_code.errors import InstanceConflict, Quarantine
+from shared_code.ports import BlobStore, DicomArchive, StateStore
+from shared_code.services import audit
+from shared_code.services.quarantine import quarantine
+
+_log = logging.getLogger(__name__)
+
+INSTANCES = "instances"
+STEP = "archive"
+
+
+@dataclass(frozen=True)
+class PreparedInstance:
+    """An instance as it will be stored in one tenant's archive."""
+
+    part10: bytes
+    sha256: str
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+
+
+@dataclass(frozen=True)
+class ArchiveOutcome:
+    """What became of one staged instance: stored, already_stored or quarantined."""
+
+    tenant: str
+    outcome: str
+    sop_instance_uid: str = ""
+    study_instance_uid: str = ""
+    reason: str = ""
+
+
+def prepare_for_tenant(
+    parsed: ParsedInstance, tenant: TenantSettings
+) -> PreparedInstance:
+    """Apply the tenant's policy and encode the result as Part 10 bytes.
+
+    Research tenants get keyed pseudonyms; the leak check compares against the
+    original, so a value that survived de-identification raises ``Quarantine`` and
+    the instance never reaches the archive.
+    """
+    dataset = parsed.dataset
+    if tenant.policy == "research":
+        original = copy.deepcopy(dataset)
+        deidentify_basic(dataset, tenant.pseudonym_key)
+        check_no_leak(original, dataset)
+        del original
+
+    part10 = to_part10(dataset)
+    return PreparedInstance(
+        part10=part10,
+        sha256=hashlib.sha256(part10).hexdigest(),
+        study_instance_uid=str(dataset.StudyInstanceUID),
+        series_instance_uid=str(dataset.SeriesInstanceUID),
+        sop_instance_uid=str(dataset.SOPInstanceUID),
+    )
+
+
+def archive_instance(
+    message: Mapping[str, Any],
+    *,
+    settings: Settings,
+    blobs: BlobStore,
+    archive_for: Callable[[str], DicomArchive],
+    state: StateStore,
+) -> ArchiveOutcome:
+    """Store the staged instance named by an ``instances`` message."""
+    tenant_name = str(message["tenant"])
+    blob = str(message["blob"])
+    data: bytes | None = None
+    try:
+        tenant = _tenant(settings, tenant_name)
+        data = _read_staged(message, settings, blobs, state)
+        if data is None:
+            # Stored and recorded by an earlier delivery that deleted the blob.
+            return ArchiveOutcome(tenant_name, "already_stored")
+
+        parsed = parse_instance(blob, data, settings.limits)
+        prepared = prepare_for_tenant(parsed, tenant)
+        outcome = _store_once(
+            prepared, tenant_name, archive_for(tenant_name), state, message
+        )
+    except Quarantine as error:
+        return _set_aside(message, data, error, settings, blobs, state)
+
+    audit.record(
+        state,
+        tenant_name,
+        STEP,
+        outcome,
+        study_uid=prepared.study_instance_uid,
+        sop_uid=prepared.sop_instance_uid,
+    )
+    # Only now: a crash before the state record leaves the blob for the retry.
+    blobs.delete(settings.instances_container, blob)
+    _log.info(
+        "archived",
+        extra={
+            "tenant": tenant_name,
+            "outcome": outcome,
+            "sop_uid_hash": _uid_hash(prepared.sop_instance_uid),
+        },
+    )
+    return ArchiveOutcome(
+        tenant_name,
+        outcome,
+        sop_instance_uid=prepared.sop_instance_uid,
+        study_instance_uid=prepared.study_instance_uid,
+    )
+
+
+def store_prepared(
+    prepared: PreparedInstance, archive: DicomArchive
+) -> tuple[bool, str]:
+    """STOW-RS once; ``(True, "stored")`` or ``(False, "already_stored")``.
+
+    An archive that already holds the SOP Instance UID is asked for its copy: the
+    same bytes are success, other bytes an ``InstanceConflict``. This relies on the
+    archive keeping the bytes it was sent (Orthanc and AHDS do for Part 10 input; an
+    archive that rewrites headers would turn every redelivery into a conflict).
+    """
+    result = archive.store_instance(prepared.part10)
+    if result.stored:
+        return True, "stored"
+    if not result.already_present:
+        raise Quarantine(
+            "dicom_store_failed",
+            f"the archive refused the instance (FailureReason {result.failure_reason})",
+        )
+
+    held = archive.retrieve_instance(
+        prepared.study_instance_uid,
+        prepared.series_instance_uid,
+        prepared.sop_instance_uid,
+    )
+    if hashlib.sha256(held).hexdigest() != prepared.sha256:
+        raise InstanceConflict(
+            "the archive holds a different object under this SOP Instance UID"
+        )
+    return False, "already_stored"
+
+
+def _store_once(
+    prepared: PreparedInstance,
+    tenant: str,
+    archive: DicomArchive,
+    state: StateStore,
+    message: Mapping[str, Any],
+) -> str:
+    record = state.get(INSTANCES, tenant, prepared.sop_instance_uid)
+    if record is not None:
+        if record["sha256"] == prepared.sha256:
+            return "already_stored"
+        raise InstanceConflict(
+            "a different object was stored earlier under this SOP Instance UID"
+        )
+
+    _, outcome = store_prepared(prepared, archive)
+    state.upsert(
+        INSTANCES,
+        {
+            "id": prepared.sop_instance_uid,
+            "pk": tenant,
+            "sha256": prepared.sha256,
+            "study_uid": prepared.study_instance_uid,
+            "series_uid": prepared.series_instance_uid,
+            # Lets a redelivery find this record after the staged blob is gone.
+            "source_sha256": str(message["sha256"]),
+            "upload": str(message.get("upload", "")),
+        },
+    )
+    return outcome
+
+
+def _tenant(settings: Settings, name: str) -> TenantSettings:
+    if name not in settings.tenants:
+        raise Quarantine("unknown_tenant", "the message names no configured tenant")
+    return settings.tenant(name)
+
+
+def _read_staged(
+    message: Mapping[str, Any],
+    settings: Settings,
+    blobs: BlobStore,
+    state: StateStore,
+) -> bytes | None:
+    """The staged bytes, or ``None`` when an earlier delivery finished the work."""
+    tenant, blob, sha256 = message["tenant"], message["blob"], message["sha256"]
+    if not blobs.exists(settings.instances_container, blob):
+        if state.query(INSTANCES, tenant, source_sha256=sha256):
+            return None
+        raise Quarantine("blob_missing", "the staged instance is gone")
+
+    data = blobs.read(settings.instances_container, blob)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise Quarantine("staged_blob_mismatch", "sha256 differs from the message")
+    return data
+
+
+def _set_aside(
+    message: Mapping[str, Any],
+    data: bytes | None,
+    error: Quarantine,
+    settings: Settings,
+    blobs: BlobStore,
+    state: StateStore,
+) -> ArchiveOutcome:
+    tenant, blob = str(message["tenant"]), str(message["blob"])
+    if data is None:
+        # Nothing to move aside; the audit record still says what happened.
+        audit.record(state, tenant, STEP, "quarantined", detail=error.reason)
+    else:
+        quarantine(
+            blobs,
+            state,
+            settings.quarantine_container,
+            tenant=tenant,
+            source=f"{settings.instances_container}/{blob}",
+            name=f"{STEP}/{blob.rsplit('/', 1)[-1]}",
+            data=data,
+            error=error,
+            step=STEP,
+        )
+        blobs.delete(settings.instances_container, blob)
+    return ArchiveOutcome(tenant, "quarantined", reason=error.reason)
+
+
+def _uid_hash(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()[:12]
