@@ -44,12 +44,21 @@ def world(stack: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def archive_study(world: dict[str, Any], *names: str) -> tuple[str, list[str]]:
-    """A new study of the named test files, archived into trust-a by the use case."""
+def archive_study(
+    world: dict[str, Any], *names: str, leak_in: str = ""
+) -> tuple[str, list[str]]:
+    """A new study of the named test files, archived into trust-a by the use case.
+
+    ``leak_in`` names a file whose Manufacturer (kept by the basic profile) is made to
+    repeat the patient's name: a leak the de-identification cannot see.
+    """
     study, series = generate_uid(), generate_uid()
     sops = []
     for name in names:
         dataset = fresh_instance(name, study=study, series=series)
+        if name == leak_in:
+            dataset.PatientName = "DOE^JANE"
+            dataset.Manufacturer = "Scanned for DOE^JANE"
         outcome = archive.archive_instance(
             stage(world["blobs"], "trust-a", part10(dataset)),
             settings=world["settings"],
@@ -180,8 +189,9 @@ def test_share_of_study_missing_from_source_is_404(world):
 
 
 def test_share_to_research_fails_an_instance_whose_deid_leaks(world):
-    # MR_small's Manufacturer repeats its InstitutionName: the leak check refuses it.
-    study, _ = archive_study(world, "CT_small.dcm", "MR_small.dcm")
+    study, _ = archive_study(
+        world, "CT_small.dcm", "MR_small.dcm", leak_in="MR_small.dcm"
+    )
     share = sharing.request_share(
         settings=world["settings"],
         state=world["state"],
