@@ -67,6 +67,9 @@ _HEAD_BYTES = _DICOM_MAGIC_OFFSET + len(_DICOM_MAGIC)
 _CHUNK_BYTES = 1024 * 1024
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _ZIP_ENCRYPTED_FLAG = 0x1
+# (0002,0002) Media Storage SOP Class UID = Media Storage Directory Storage (DICOMDIR),
+# as the explicit VR little endian File Meta always encodes it (20 characters, even).
+_MEDIA_STORAGE_DIRECTORY = b"\x02\x00\x02\x00UI\x14\x001.2.840.10008.1.3.10"
 _MAX_UID = 64
 # Ratios count only past this many expanded bytes: a small blank image compresses
 # far beyond any sane ratio, and a few MiB cannot hurt (members are read one by one).
@@ -291,6 +294,8 @@ def _zip_members(
                     info.filename,
                     Quarantine("not_dicom", f"member {index} is not a DICOM file"),
                 )
+            elif _is_media_directory(data):
+                yield MemberSkipped(info.filename, "dicomdir")
             else:
                 yield UploadMember(info.filename, data)
 
@@ -354,6 +359,21 @@ def _read_member(
 
 def _expansion_budget(compressed_bytes: int, limits: Limits) -> float:
     return max(compressed_bytes * limits.max_zip_ratio, _RATIO_FLOOR_BYTES)
+
+
+def _is_media_directory(data: bytes) -> bool:
+    """A DICOMDIR under another name: its File Meta says Media Storage Directory.
+
+    Only the File Meta group is looked at (its length is its first element), so a
+    directory is recognised without parsing the file.
+    """
+    start = _HEAD_BYTES
+    group_length = data[start : start + 12]
+    if len(group_length) < 12 or group_length[:6] != b"\x02\x00\x00\x00UL":
+        return False
+    (meta_length,) = struct.unpack("<I", group_length[8:12])
+    meta = data[start + 12 : start + 12 + meta_length]
+    return _MEDIA_STORAGE_DIRECTORY in meta
 
 
 def _skip_reason(info: zipfile.ZipInfo) -> str:

@@ -128,6 +128,19 @@ def test_zip_yields_members_in_nested_folders_and_skips_non_content() -> None:
     assert rejected.error.reason == "not_dicom"
 
 
+@pytest.mark.parametrize(
+    "name", ["DICOMDIR-bigEnd", "DICOMDIR-implicit", "DICOMDIR-empty.dcm"]
+)
+def test_a_dicomdir_under_another_name_is_skipped_by_its_sop_class(name: str) -> None:
+    upload = _zip({"disc/catalogue": _file(name), "disc/IM1": _file("CT_small.dcm")})
+
+    members = _upload("disc.zip", upload)
+
+    skipped = {m.name: m.reason for m in members if isinstance(m, MemberSkipped)}
+    assert skipped == {"disc/catalogue": "dicomdir"}
+    assert [m.name for m in members if isinstance(m, UploadMember)] == ["disc/IM1"]
+
+
 def test_zip_is_detected_by_its_signature_not_its_name() -> None:
     upload = _zip({"a.dcm": _file("CT_small.dcm")})
 
