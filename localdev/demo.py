@@ -33,7 +33,7 @@ UID_PREFIX = 12
 def main() -> int:
     stack = Stack()
     uploads = build_uploads()
-    expected = expected_from(uploads)
+    expected = expected_from(uploads, stack.pseudonym_keys())
     problems: list[str] = []
 
     host = start_host(ROOT / ".local" / "logs" / "host.log")
@@ -50,19 +50,21 @@ def main() -> int:
         print("Ingest, archive and FHIR sync …")
         _wait_for_archives(stack, expected, problems)
         archived_at = time.monotonic()
+        uploaded_instances = sum(len(s) for s in expected.instances.values())
 
         print("Sharing studies between tenants …")
         shares = _share_studies(stack, expected, problems)
-        _wait_for_fhir(stack, problems)
+        _wait_for_archives(stack, expected, problems)
+        _wait_for_fhir(stack, expected, problems)
         finished = time.monotonic()
     finally:
         stop_host(host)
 
-    _summary(stack, uploads, shares, problems)
-    instances = sum(len(s) for s in expected.instances.values())
+    _summary(stack, uploads, expected, shares, problems)
+    rate = uploaded_instances / max(archived_at - started, 1e-9)
     print(
-        f"\nTimes: {archived_at - started:.1f} s to archive {instances} instances "
-        f"({instances / max(archived_at - started, 1e-9):.1f} instances/s end to end); "
+        f"\nTimes: {archived_at - started:.1f} s to archive {uploaded_instances} "
+        f"uploaded instances ({rate:.1f} instances/s end to end); "
         f"{finished - started:.1f} s including shares and FHIR."
     )
     if problems:
@@ -146,6 +148,8 @@ def _share_studies(
             f"  share {share['id'][:8]}: study …{study_uid[-UID_PREFIX:]} → {to_tenant}"
         )
         shares.append(share)
+        key = stack.pseudonym_keys().get(to_tenant, b"")
+        expected.copy_study(study_uid, "trust-a", to_tenant, key)
 
     def complete() -> bool:
         return all(
@@ -170,17 +174,17 @@ def _share(stack: Stack, token: str, share: dict[str, Any]) -> dict[str, Any]:
     return response.json() if response.ok else {**share, "status": "UNKNOWN"}
 
 
-def _fhir_matches(stack: Stack, tenant: str) -> tuple[int, int]:
-    """(studies whose ImagingStudy matches the archive exactly, studies in it)."""
-    archive = stack.stored_instances(tenant)
-    studies = {
+def _fhir_matches(stack: Stack, tenant: str, expected: Expected) -> tuple[int, int]:
+    """(expected studies whose ImagingStudy matches exactly, expected studies)."""
+    studies = expected.studies.get(tenant, {})
+    resources = {
         _study_uid(r): r
         for r in stack.fhir_search(tenant, "ImagingStudy")
         if r.get("status") == "available"
     }
     matching = 0
-    for study_uid, series in archive.items():
-        resource = studies.get(study_uid)
+    for study_uid, series in studies.items():
+        resource = resources.get(study_uid)
         if resource is None:
             continue
         fhir_series = {
@@ -191,7 +195,7 @@ def _fhir_matches(stack: Stack, tenant: str) -> tuple[int, int]:
             len(s) for s in series.values()
         ):
             matching += 1
-    return matching, len(archive)
+    return matching, len(studies)
 
 
 def _study_uid(resource: dict[str, Any]) -> str:
@@ -201,17 +205,17 @@ def _study_uid(resource: dict[str, Any]) -> str:
     return ""
 
 
-def _wait_for_fhir(stack: Stack, problems: list[str]) -> None:
-    tenants = list(stack.info["tenants"])
+def _wait_for_fhir(stack: Stack, expected: Expected, problems: list[str]) -> None:
+    tenants = list(expected.studies)
 
     def done() -> bool:
-        return stack.pending() == 0 and all(
-            m == n for m, n in (_fhir_matches(stack, t) for t in tenants)
+        return all(
+            m == n for m, n in (_fhir_matches(stack, t, expected) for t in tenants)
         )
 
     def progress() -> str:
         return "; ".join(
-            "{}: {}/{} ImagingStudy match".format(t, *_fhir_matches(stack, t))
+            "{}: {}/{} ImagingStudy match".format(t, *_fhir_matches(stack, t, expected))
             for t in tenants
         )
 
@@ -221,20 +225,27 @@ def _wait_for_fhir(stack: Stack, problems: list[str]) -> None:
 
 
 def _summary(
-    stack: Stack, uploads: list[Any], shares: list[dict[str, Any]], problems: list[str]
+    stack: Stack,
+    uploads: list[Any],
+    expected: Expected,
+    shares: list[dict[str, Any]],
+    problems: list[str],
 ) -> None:
-    print("\n== Instances stored per tenant (QIDO-RS) ==")
+    print("\n== Instances stored per tenant (QIDO-RS), this run's studies ==")
     print(
         f"{'tenant':<10} {'studies':>8} {'series':>7} {'instances':>10} "
-        f"{'ImagingStudy':>13}"
+        f"{'ImagingStudy ok':>16} {'archive total':>14}"
     )
-    for tenant in stack.info["tenants"]:
+    for tenant, studies in expected.studies.items():
         archive = stack.stored_instances(tenant)
-        series = sum(len(s) for s in archive.values())
-        instances = sum(len(i) for s in archive.values() for i in s.values())
-        imaging = len(stack.fhir_search(tenant, "ImagingStudy"))
+        mine = {uid: archive.get(uid, {}) for uid in studies}
+        series = sum(len(s) for s in mine.values())
+        instances = sum(len(i) for s in mine.values() for i in s.values())
+        total = sum(len(i) for s in archive.values() for i in s.values())
+        matching, _ = _fhir_matches(stack, tenant, expected)
         print(
-            f"{tenant:<10} {len(archive):>8} {series:>7} {instances:>10} {imaging:>13}"
+            f"{tenant:<10} {len(mine):>8} {series:>7} {instances:>10} "
+            f"{matching:>16} {total:>14}"
         )
 
     print("\n== Quarantined, with reasons ==")
@@ -247,9 +258,11 @@ def _summary(
         if not any(r["source"].startswith(source) for r in reasons):
             problems.append(f"{source} was not quarantined")
 
-    print("\n== ImagingStudy resources ==")
-    for tenant in stack.info["tenants"]:
+    print("\n== ImagingStudy resources of this run's studies ==")
+    for tenant, studies in expected.studies.items():
         for resource in stack.fhir_search(tenant, "ImagingStudy"):
+            if _study_uid(resource) not in studies:
+                continue
             print(
                 f"  {tenant:<9} ImagingStudy/{resource['id']:<38} "
                 f"study …{_study_uid(resource)[-UID_PREFIX:]:<12} "

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from pydicom.data import get_testdata_file
 from pydicom.errors import InvalidDicomError
 
 from localdev.tokens import mint_token
+from shared_code.config import load_settings
+from shared_code.domain.deid_basic import keyed_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_FILE = ROOT / ".local" / "stack.json"
@@ -60,7 +62,20 @@ class Expected:
     studies: dict[str, dict[str, dict[str, set[str]]]] = field(default_factory=dict)
     # tenant -> study UID -> series UID -> SOP UIDs
 
-    def add(self, tenant: str, data: bytes) -> bool:
+    def copy_study(self, study_uid: str, source: str, target: str, key: bytes) -> str:
+        """Expect ``source``'s study in ``target`` too; UIDs keyed when ``key`` is set.
+
+        Returns the study's UID in ``target``.
+        """
+        series = self.studies[source][study_uid]
+        uid = (lambda u: keyed_uid(u, key)) if key else (lambda u: u)
+        copied = {uid(s): {uid(sop) for sop in sops} for s, sops in series.items()}
+        self.studies.setdefault(target, {})[uid(study_uid)] = copied
+        self.instances.setdefault(target, set()).update(*copied.values())
+        return uid(study_uid)
+
+    def add(self, tenant: str, data: bytes, key: bytes = b"") -> bool:
+        """Expect the instance in ``data`` in ``tenant`` (UIDs keyed by ``key``)."""
         try:
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         except (InvalidDicomError, ValueError, EOFError, KeyError):
@@ -69,12 +84,21 @@ class Expected:
             return False
         if not all(
             ds.get(k)
-            for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+            for k in (
+                "SOPInstanceUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+                "PatientID",
+            )
         ):
             return False
-        self.instances.setdefault(tenant, set()).add(ds.SOPInstanceUID)
-        study = self.studies.setdefault(tenant, {}).setdefault(ds.StudyInstanceUID, {})
-        study.setdefault(ds.SeriesInstanceUID, set()).add(ds.SOPInstanceUID)
+        uid = (lambda u: keyed_uid(u, key)) if key else (lambda u: u)
+        sop = uid(ds.SOPInstanceUID)
+        self.instances.setdefault(tenant, set()).add(sop)
+        study = self.studies.setdefault(tenant, {}).setdefault(
+            uid(ds.StudyInstanceUID), {}
+        )
+        study.setdefault(uid(ds.SeriesInstanceUID), set()).add(sop)
         return True
 
 
@@ -134,18 +158,23 @@ def build_uploads() -> list[Upload]:
     ]
 
 
-def expected_from(uploads: Iterable[Upload]) -> Expected:
+def expected_from(
+    uploads: Iterable[Upload], keys: Mapping[str, bytes] | None = None
+) -> Expected:
+    """What the archives must hold; ``keys`` gives the de-identifying tenants' keys."""
+    keys = keys or {}
     expected = Expected()
     for upload in uploads:
         if upload.expect != "stored":
             continue
+        key = keys.get(upload.tenant, b"")
         if upload.name.endswith(".zip"):
             with zipfile.ZipFile(io.BytesIO(upload.data)) as archive:
                 for info in archive.infolist():
                     if not info.is_dir():
-                        expected.add(upload.tenant, archive.read(info))
+                        expected.add(upload.tenant, archive.read(info), key)
         else:
-            expected.add(upload.tenant, upload.data)
+            expected.add(upload.tenant, upload.data, key)
     return expected
 
 
@@ -158,6 +187,15 @@ class Stack:
         self.blobs = BlobServiceClient.from_connection_string(connection)
         self.queues = QueueServiceClient.from_connection_string(connection)
         self.http = requests.Session()
+
+    def pseudonym_keys(self) -> dict[str, bytes]:
+        """The keys of the tenants that de-identify, to predict their UIDs."""
+        settings = load_settings(self.info["app_env"])
+        return {
+            name: tenant.pseudonym_key
+            for name, tenant in settings.tenants.items()
+            if tenant.policy == "research"
+        }
 
     def tenant(self, name: str) -> dict[str, Any]:
         return dict(self.info["tenants"][name])

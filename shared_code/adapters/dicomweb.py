@@ -52,6 +52,9 @@ from shared_code.errors import Quarantine, RetryLater
 from shared_code.ports import JsonDict, StoreOutcome
 
 _log = logging.getLogger(__name__)
+# dicomweb-client logs every search at INFO with whole Study/Series Instance UIDs;
+# UIDs may only be logged hashed here, so only its warnings pass.
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 
 AHDS_SCOPE = "https://dicom.healthcareapis.azure.com/.default"
 

@@ -453,11 +453,12 @@ def _check_complete(dataset: pydicom.Dataset) -> None:
 
 
 def _identifiers(dataset: pydicom.Dataset) -> dict[str, str]:
+    # Patient ID is Type 2 in the IODs, but an exchange cannot file an image under
+    # nobody: FHIR's ImagingStudy needs a subject, a PACS a patient to reconcile to.
     missing = [
         f"{keyword} {tag}"
         for keyword, tag in _REQUIRED
-        if keyword not in dataset
-        or (keyword != "PatientID" and not str(dataset[keyword].value or "").strip())
+        if keyword not in dataset or not str(dataset[keyword].value or "").strip()
     ]
     if missing:
         raise Quarantine("missing_attribute", ", ".join(missing))
