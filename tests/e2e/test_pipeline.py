@@ -216,7 +216,7 @@ def test_uploading_the_same_files_again_changes_nothing(
 
 def _synthetic_study(count: int) -> tuple[str, list[Upload]]:
     """``count`` new instances of one synthetic study, built from CT_small."""
-    template = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    template = pydicom.dcmread(str(get_testdata_file("CT_small.dcm")))
     study_uid, series_uid = generate_uid(), generate_uid()
     uploads = []
     for number in range(1, count + 1):

@@ -111,7 +111,7 @@ def test_an_unsigned_token_is_rejected(validator) -> None:
     now = int(time.time())
     token = jwt.encode(
         {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": now + 60, "roles": []},
-        key=None,
+        key="",
         algorithm="none",
     )
 
