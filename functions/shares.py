@@ -42,7 +42,10 @@ def get_share(req: func.HttpRequest) -> func.HttpResponse:
         principal.require(READ_STUDIES)
         tenant = principal.tenant_for(req.params.get("tenant"))
         return 200, share_status(
-            req.route_params["share_id"], state=ctx.state, principal_tenant=tenant
+            req.route_params["share_id"],
+            settings=ctx.settings,
+            state=ctx.state,
+            principal_tenant=tenant,
         )
 
     return handle_http(req, call)

@@ -7,18 +7,34 @@ storage and bus clients, credentials) are created on first use and reused.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any
 
+import pydicom.config
+
 from shared_code.config import Settings, TenantSettings, load_settings
 from shared_code.ports import BlobStore, DicomArchive, FhirStore, MessageBus, StateStore
+
+
+def quiet_libraries() -> None:
+    """Keep patient data out of the logs that libraries write on their own.
+
+    pydicom warns (and logs) invalid values *with the value*, such as a malformed
+    Patient Birth Date; the pipeline reports bad input through quarantine instead.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
 
 
 class Context:
     """The process-wide ports, created lazily: a cold start pays for what it uses."""
 
     def __init__(self, settings: Settings) -> None:
+        quiet_libraries()
         self.settings = settings
         self._lock = threading.Lock()
         self._archives: dict[str, DicomArchive] = {}

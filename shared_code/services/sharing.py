@@ -19,6 +19,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydicom.uid import RE_VALID_UID
+
 from shared_code.config import Limits, Settings, TenantSettings
 from shared_code.domain.dicom_input import parse_instance
 from shared_code.errors import (
@@ -38,6 +40,7 @@ STEP = "share"
 QUEUED, IN_PROGRESS, COMPLETE, FAILED = "QUEUED", "IN_PROGRESS", "COMPLETE", "FAILED"
 _OPEN = (QUEUED, IN_PROGRESS)
 _WRITE_ATTEMPTS = 5
+_MAX_UID = 64
 
 _SOP_INSTANCE_UID = "00080018"
 _SERIES_INSTANCE_UID = "0020000E"
@@ -69,6 +72,8 @@ def request_share(
         raise RequestRejected(
             403, f"no routing rule lets {from_tenant} share to {to_tenant}"
         )
+    if len(study_uid) > _MAX_UID or not RE_VALID_UID.fullmatch(study_uid):
+        raise RequestRejected(400, "study_uid must be a DICOM UID")
     if not archive_for(from_tenant).search_studies(study_uid):
         raise RequestRejected(404, "no such study in the source archive")
 
@@ -76,6 +81,11 @@ def request_share(
         SHARES, None, study_uid=study_uid, from_tenant=from_tenant, to_tenant=to_tenant
     ):
         if share["status"] in _OPEN:
+            # The first request's message may have been lost (a failed send, a
+            # dead-lettered transfer): send again; a transfer resumes, never repeats.
+            bus.send(
+                settings.shares_queue, {"share_id": share["id"]}, message_id=share["id"]
+            )
             return _public(share)
 
     now = _now(clock)
@@ -175,11 +185,13 @@ def _transfer(
 
 
 def share_status(
-    share_id: str, *, state: StateStore, principal_tenant: str
+    share_id: str, *, settings: Settings, state: StateStore, principal_tenant: str
 ) -> JsonDict:
     """The share document, for its source or destination tenant only.
 
     Anyone else gets 404, not 403: the existence of a share is not theirs to know.
+    A destination that de-identifies sees neither the source Study Instance UID nor
+    the per-instance progress: both would link its data back to clinical UIDs.
     """
     share = state.get(SHARES, share_id, share_id)
     if share is None or principal_tenant not in (
@@ -187,6 +199,11 @@ def share_status(
         share["to_tenant"],
     ):
         raise RequestRejected(404, "no such share")
+    if principal_tenant == share["to_tenant"] and not _keeps_uids(
+        settings.tenant(principal_tenant)
+    ):
+        hidden = ("study_uid", "instances")
+        return {k: v for k, v in _public(share).items() if k not in hidden}
     return _public(share)
 
 

@@ -84,7 +84,8 @@ def test_request_queues_one_share_and_deduplicates(world):
     assert share["status"] == "QUEUED"
     assert share["pk"] == share["id"]
     assert again["id"] == share["id"]
-    assert world["bus"].sent == [("shares", {"share_id": share["id"]}, share["id"])]
+    # Asking again re-sends the same message id: a lost message cannot strand it.
+    assert world["bus"].sent == [("shares", {"share_id": share["id"]}, share["id"])] * 2
 
 
 @pytest.mark.parametrize(
@@ -136,7 +137,10 @@ def test_redelivery_resumes_without_duplicating(world):
     with pytest.raises(RetryLater):
         transfer(world, share["id"])
     midway = sharing.share_status(
-        share["id"], state=world["state"], principal_tenant="trust-a"
+        share["id"],
+        settings=world["settings"],
+        state=world["state"],
+        principal_tenant="trust-a",
     )
 
     done = transfer(world, share["id"])
@@ -175,12 +179,42 @@ def test_status_is_hidden_from_other_tenants(world):
     share = request(world)
 
     seen_by_destination = sharing.share_status(
-        share["id"], state=world["state"], principal_tenant="trust-b"
+        share["id"],
+        settings=world["settings"],
+        state=world["state"],
+        principal_tenant="trust-b",
     )
     with pytest.raises(RequestRejected) as caught:
         sharing.share_status(
-            share["id"], state=world["state"], principal_tenant="research"
+            share["id"],
+            settings=world["settings"],
+            state=world["state"],
+            principal_tenant="research",
         )
 
     assert seen_by_destination["id"] == share["id"]
     assert caught.value.status == 404
+
+
+def test_a_research_destination_never_sees_the_clinical_study_uid(world):
+    share = request(world, to_tenant="research")
+    transfer(world, share["id"])
+
+    seen = sharing.share_status(
+        share["id"],
+        settings=world["settings"],
+        state=world["state"],
+        principal_tenant="research",
+    )
+
+    assert seen["status"] == "COMPLETE"
+    assert world["study"] not in str(seen)
+    assert "instances" not in seen
+
+
+@pytest.mark.parametrize("study_uid", ["", "1.2.abc", "1." + "2" * 70])
+def test_a_share_of_something_that_is_no_uid_is_a_bad_request(world, study_uid):
+    with pytest.raises(RequestRejected) as caught:
+        request(world, study_uid=study_uid)
+
+    assert caught.value.status == 400
