@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import azure.functions as func
 
 from shared_code.services.ingest import ingest_upload
@@ -20,12 +18,10 @@ bp = func.Blueprint()
     source=func.BlobSource.EVENT_GRID,
 )
 def ingest(upload: func.InputStream) -> None:
+    # Only the name is used: the use case streams the version it reads from the store.
     ctx = context()
-    data = upload.read()
     ingest_upload(
         upload.name or "",
-        io.BytesIO(data),
-        len(data),
         settings=ctx.settings,
         blobs=ctx.blobs,
         bus=ctx.bus,

@@ -9,9 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 JsonDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BlobVersion:
+    """Which version of a blob was read: its size and ETag."""
+
+    size: int
+    etag: str
 
 
 class BlobStore(Protocol):
@@ -20,8 +28,11 @@ class BlobStore(Protocol):
     def read(self, container: str, name: str) -> bytes:
         """Whole blob; ``Quarantine('blob_missing', ...)`` when it does not exist."""
 
-    def open_read(self, container: str, name: str) -> BinaryIO:
-        """A readable stream of the blob, for inputs too large to hold twice."""
+    def open_read(self, container: str, name: str) -> tuple[BinaryIO, BlobVersion]:
+        """A seekable stream of one version of the blob, read in chunks as needed.
+
+        A blob replaced while it is read raises ``RetryLater``, never mixes versions.
+        """
 
     def size(self, container: str, name: str) -> int:
         """Size in bytes, without reading the content."""
@@ -30,7 +41,7 @@ class BlobStore(Protocol):
         self,
         container: str,
         name: str,
-        data: bytes,
+        data: bytes | BinaryIO,
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
@@ -40,8 +51,11 @@ class BlobStore(Protocol):
 
     def exists(self, container: str, name: str) -> bool: ...
 
-    def delete(self, container: str, name: str) -> None:
-        """Delete if present; deleting a missing blob is not an error."""
+    def delete(self, container: str, name: str, *, if_match: str = "") -> None:
+        """Delete if present; deleting a missing blob is not an error.
+
+        With ``if_match`` (an ETag) a blob replaced since raises ``PreconditionFailed``.
+        """
 
     def list_names(self, container: str, prefix: str = "") -> list[str]: ...
 
@@ -105,6 +119,37 @@ class FhirStore(Protocol):
 
     def conditional_update(self, resource: JsonDict, search: str) -> JsonDict:
         """PUT ``{type}?{search}``: creates or replaces the one match; returns it."""
+
+    def update(self, resource: JsonDict, *, if_match: str) -> JsonDict:
+        """PUT ``{type}/{id}`` only if the stored version is still ``if_match`` (its
+        ``meta.versionId``); another writer came first: ``PreconditionFailed``."""
+
+
+@dataclass(frozen=True)
+class ArchiveChange:
+    """One entry of a DICOM service's change feed, reduced to what FHIR sync needs."""
+
+    study_instance_uid: str
+    action: str  # create / update / delete
+    sequence: int
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    """A page of the change feed and the checkpoint to read the next one from."""
+
+    changes: list[ArchiveChange]
+    checkpoint: JsonDict
+    done: bool
+
+
+@runtime_checkable
+class ChangeFeed(Protocol):
+    """An archive's log of instance changes (AHDS v2 change feed; Orthanc /changes)."""
+
+    def read_changes(self, checkpoint: JsonDict | None, limit: int) -> ChangePage:
+        """The changes after ``checkpoint`` (``None``: from the start). The returned
+        checkpoint is opaque to the caller; it is stored and passed back as is."""
 
 
 class StateStore(Protocol):

@@ -10,7 +10,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
@@ -20,6 +20,7 @@ from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
 from shared_code.adapters.azure_errors import translate, translated
 from shared_code.errors import Quarantine, RetryLater
+from shared_code.ports import BlobVersion
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -63,12 +64,13 @@ class AzureBlobStore:
         with translated("blob read", not_found=_missing(container, name)):
             return self._blob(container, name).download_blob().readall()
 
-    def open_read(self, container: str, name: str) -> BinaryIO:
+    def open_read(self, container: str, name: str) -> tuple[BinaryIO, BlobVersion]:
         blob = self._blob(container, name)
         with translated("blob open", not_found=_missing(container, name)):
             properties = blob.get_blob_properties()
-        raw = _BlobRangeReader(blob, int(properties.size), str(properties.etag))
-        return io.BufferedReader(raw, buffer_size=_READ_CHUNK)
+        version = BlobVersion(size=int(properties.size), etag=str(properties.etag))
+        raw = _BlobRangeReader(blob, version.size, version.etag)
+        return io.BufferedReader(raw, buffer_size=_READ_CHUNK), version
 
     def size(self, container: str, name: str) -> int:
         with translated("blob size", not_found=_missing(container, name)):
@@ -78,7 +80,7 @@ class AzureBlobStore:
         self,
         container: str,
         name: str,
-        data: bytes,
+        data: bytes | BinaryIO,
         *,
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
@@ -87,7 +89,11 @@ class AzureBlobStore:
         blob = self._blob(container, name)
         settings = ContentSettings(content_type=content_type)
 
+        start = data.tell() if not isinstance(data, bytes) else 0
+
         def upload() -> None:
+            if not isinstance(data, bytes):
+                data.seek(start)  # a second attempt sends the stream again
             blob.upload_blob(
                 data,
                 overwrite=overwrite,
@@ -109,9 +115,17 @@ class AzureBlobStore:
         with translated("blob exists"):
             return bool(self._blob(container, name).exists())
 
-    def delete(self, container: str, name: str) -> None:
+    def delete(self, container: str, name: str, *, if_match: str = "") -> None:
+        conditions: dict[str, Any] = {}
+        if if_match:
+            conditions = {
+                "etag": if_match,
+                "match_condition": MatchConditions.IfNotModified,
+            }
         with translated("blob delete"), contextlib.suppress(ResourceNotFoundError):
-            self._blob(container, name).delete_blob(delete_snapshots="include")
+            self._blob(container, name).delete_blob(
+                delete_snapshots="include", **conditions
+            )
 
     def list_names(self, container: str, prefix: str = "") -> list[str]:
         client = self._service.get_container_client(container)

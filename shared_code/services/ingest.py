@@ -21,12 +21,13 @@ from shared_code.config import Settings
 from shared_code.domain.dicom_input import (
     MemberRejected,
     MemberSkipped,
+    ParsedInstance,
     UploadMember,
     iter_upload,
     parse_instance,
 )
-from shared_code.errors import AlreadyExists, Quarantine
-from shared_code.ports import BlobStore, MessageBus, StateStore
+from shared_code.errors import AlreadyExists, PreconditionFailed, Quarantine
+from shared_code.ports import BlobStore, BlobVersion, MessageBus, StateStore
 from shared_code.services import audit
 from shared_code.services.quarantine import quarantine
 
@@ -70,35 +71,72 @@ def split_upload_path(blob_path: str, uploads_container: str) -> tuple[str, str]
 
 def ingest_upload(
     blob_path: str,
-    stream: BinaryIO,
-    size: int,
     *,
     settings: Settings,
     blobs: BlobStore,
     bus: MessageBus,
     state: StateStore,
 ) -> IngestOutcome:
-    """Unpack, check and stage one upload; quarantine the bad; record the outcome."""
+    """Unpack, check and stage one upload; quarantine the bad; record the outcome.
+
+    The upload is streamed from the store (a zip is read member by member), and the
+    version read is the one deleted at the end: a new version uploaded meanwhile
+    stays for its own run.
+    """
+    container, _, path = blob_path.partition("/")
     tenant, name = split_upload_path(blob_path, settings.uploads_container)
-    upload_key = hashlib.sha256(blob_path.encode()).hexdigest()[:16]
-
-    if tenant not in settings.tenants:
-        outcome = IngestOutcome(tenant=UNKNOWN_TENANT, upload=blob_path)
-        _quarantine_whole(
-            outcome,
-            stream,
-            Quarantine("unknown_tenant", f"no tenant named {tenant!r} in uploads/"),
-            settings=settings,
-            blobs=blobs,
-            state=state,
-            upload_key=upload_key,
-            name=name,
-        )
-        return _finish(outcome, blob_path, settings=settings, blobs=blobs, state=state)
-
-    outcome = IngestOutcome(tenant=tenant, upload=blob_path)
     try:
-        for item in iter_upload(name, stream, size, settings.limits):
+        stream, version = blobs.open_read(container, path)
+    except Quarantine as error:
+        if error.reason != "blob_missing":
+            raise
+        # Deleted after an earlier run recorded its outcome (or never there).
+        _log.info("upload already gone", extra={"tenant": tenant or UNKNOWN_TENANT})
+        return IngestOutcome(tenant=tenant or UNKNOWN_TENANT, upload=blob_path)
+
+    upload_key = _upload_key(blob_path, version)
+    with stream:
+        if tenant not in settings.tenants:
+            outcome = IngestOutcome(tenant=UNKNOWN_TENANT, upload=blob_path)
+            unknown = Quarantine(
+                "unknown_tenant", f"no tenant named {tenant!r} in uploads/"
+            )
+            _quarantine_whole(
+                outcome, stream, unknown, settings, blobs, state, upload_key, name
+            )
+        else:
+            outcome = _unpack(
+                IngestOutcome(tenant=tenant, upload=blob_path),
+                stream,
+                version,
+                name,
+                upload_key,
+                settings=settings,
+                blobs=blobs,
+                bus=bus,
+                state=state,
+            )
+    return _finish(
+        outcome, blob_path, version, settings=settings, blobs=blobs, state=state
+    )
+
+
+def _unpack(
+    outcome: IngestOutcome,
+    stream: BinaryIO,
+    version: BlobVersion,
+    name: str,
+    upload_key: str,
+    *,
+    settings: Settings,
+    blobs: BlobStore,
+    bus: MessageBus,
+    state: StateStore,
+) -> IngestOutcome:
+    """Stage every good member; announce them only once the whole upload passed."""
+    pending: list[tuple[dict[str, str], ParsedInstance]] = []
+    try:
+        for item in iter_upload(name, stream, version.size, settings.limits):
             if isinstance(item, MemberSkipped):
                 outcome.skipped.append({"member": item.name, "reason": item.reason})
             elif isinstance(item, MemberRejected):
@@ -113,21 +151,37 @@ def ingest_upload(
                     upload_key,
                 )
             else:
-                _stage_member(
-                    outcome, item, settings, blobs, bus, state, upload_key=upload_key
+                staged = _stage_member(
+                    outcome, item, settings, blobs, state, upload_key=upload_key
                 )
+                if staged:
+                    pending.append(staged)
     except Quarantine as error:
+        # A zip found hostile or broken part-way: none of its members may go on.
+        # Members already staged stay as unreferenced blobs (content-addressed,
+        # possibly shared with another upload), cleaned up by the lifecycle policy.
+        outcome.staged.clear()
         _quarantine_whole(
-            outcome,
-            stream,
-            error,
-            settings=settings,
-            blobs=blobs,
-            state=state,
-            upload_key=upload_key,
-            name=name,
+            outcome, stream, error, settings, blobs, state, upload_key, name
         )
-    return _finish(outcome, blob_path, settings=settings, blobs=blobs, state=state)
+        return outcome
+
+    for message, parsed in pending:
+        bus.send(
+            settings.instances_queue,
+            message,
+            message_id=f"{outcome.tenant}:{message['sha256']}",
+        )
+        audit.record(
+            state,
+            outcome.tenant,
+            "ingest",
+            "staged",
+            study_uid=parsed.study_instance_uid,
+            sop_uid=parsed.sop_instance_uid,
+            upload_key=upload_key,
+        )
+    return outcome
 
 
 def _stage_member(
@@ -135,44 +189,31 @@ def _stage_member(
     member: UploadMember,
     settings: Settings,
     blobs: BlobStore,
-    bus: MessageBus,
     state: StateStore,
     *,
     upload_key: str,
-) -> None:
+) -> tuple[dict[str, str], ParsedInstance] | None:
     try:
         parsed = parse_instance(member.name, member.data, settings.limits)
     except Quarantine as error:
         _quarantine_member(
             outcome, member.name, member.data, error, settings, blobs, state, upload_key
         )
-        return
+        return None
 
     sha256 = hashlib.sha256(member.data).hexdigest()
     staged = f"{outcome.tenant}/{sha256}.dcm"
-    # The same bytes staged before are fine: the message below is deduplicated.
+    # The same bytes staged before are fine: the message is deduplicated.
     with contextlib.suppress(AlreadyExists):
         blobs.write(settings.instances_container, staged, member.data, overwrite=False)
-    bus.send(
-        settings.instances_queue,
-        {
-            "tenant": outcome.tenant,
-            "upload": outcome.upload,
-            "blob": staged,
-            "sha256": sha256,
-        },
-        message_id=f"{outcome.tenant}:{sha256}",
-    )
     outcome.staged.append(staged)
-    audit.record(
-        state,
-        outcome.tenant,
-        "ingest",
-        "staged",
-        study_uid=parsed.study_instance_uid,
-        sop_uid=parsed.sop_instance_uid,
-        blob=staged,
-    )
+    message = {
+        "tenant": outcome.tenant,
+        "upload": outcome.upload,
+        "blob": staged,
+        "sha256": sha256,
+    }
+    return message, parsed
 
 
 def _quarantine_member(
@@ -211,7 +252,6 @@ def _quarantine_whole(
     outcome: IngestOutcome,
     stream: BinaryIO,
     error: Quarantine,
-    *,
     settings: Settings,
     blobs: BlobStore,
     state: StateStore,
@@ -226,7 +266,7 @@ def _quarantine_whole(
         tenant=outcome.tenant,
         source=outcome.upload,
         name=f"{upload_key}/{_safe_blob_name(name)}",
-        data=stream.read(),
+        data=stream,
         error=error,
         step="ingest",
     )
@@ -238,18 +278,21 @@ def _quarantine_whole(
 def _finish(
     outcome: IngestOutcome,
     blob_path: str,
+    version: BlobVersion,
     *,
     settings: Settings,
     blobs: BlobStore,
     state: StateStore,
 ) -> IngestOutcome:
-    """Record the outcome, then (only then) remove the upload from the inbox."""
+    """Record the outcome, then (only then) remove the version read from the inbox."""
+    upload_key = _upload_key(blob_path, version)
     state.upsert(
         UPLOADS,
         {
-            "id": hashlib.sha256(blob_path.encode()).hexdigest(),
+            "id": upload_key,
             "pk": outcome.tenant,
             "blob": blob_path,
+            "etag": version.etag,
             "outcome": outcome.outcome,
             "staged": outcome.staged,
             "quarantined": outcome.quarantined,
@@ -262,10 +305,14 @@ def _finish(
         "ingest",
         outcome.outcome,
         detail=f"{len(outcome.staged)} staged, {len(outcome.quarantined)} quarantined",
-        upload=blob_path,
+        upload_key=upload_key,
     )
     container, _, name = blob_path.partition("/")
-    blobs.delete(container, name)
+    try:
+        blobs.delete(container, name, if_match=version.etag)
+    except PreconditionFailed:
+        # A new version arrived while this one was read: it is ingested on its own.
+        _log.info("upload replaced while ingested", extra={"tenant": outcome.tenant})
     _log.info(
         "upload ingested",
         extra={
@@ -276,6 +323,11 @@ def _finish(
         },
     )
     return outcome
+
+
+def _upload_key(blob_path: str, version: BlobVersion) -> str:
+    """Names one version of one upload without its (possibly identifying) name."""
+    return hashlib.sha256(f"{blob_path}\n{version.etag}".encode()).hexdigest()[:32]
 
 
 def _safe_blob_name(member_name: str) -> str:

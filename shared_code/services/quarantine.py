@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
+from typing import BinaryIO
 
 from shared_code.errors import Quarantine
 from shared_code.ports import BlobStore, StateStore
@@ -27,7 +28,7 @@ def quarantine(
     tenant: str,
     source: str,
     name: str,
-    data: bytes,
+    data: bytes | BinaryIO,
     error: Quarantine,
     step: str,
 ) -> str:

@@ -14,7 +14,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from shared_code.adapters.blob_storage import AzureBlobStore, blob_store_from_settings
-from shared_code.errors import AlreadyExists, Quarantine, RetryLater
+from shared_code.errors import AlreadyExists, PreconditionFailed, Quarantine, RetryLater
 
 # Azurite's well-known development account key (public, not a secret).
 _DEV_ACCOUNT = (
@@ -106,13 +106,38 @@ def test_delete_and_list_names_by_prefix(blobs: AzureBlobStore, container: str) 
     assert blobs.list_names(f"{container}-none") == []
 
 
+def test_delete_if_match_spares_a_blob_replaced_since_it_was_read(
+    blobs: AzureBlobStore, container: str
+) -> None:
+    blobs.write(container, "upload.dcm", b"first")
+    _, first = blobs.open_read(container, "upload.dcm")
+    blobs.write(container, "upload.dcm", b"second version")
+
+    with pytest.raises(PreconditionFailed):
+        blobs.delete(container, "upload.dcm", if_match=first.etag)
+    _, second = blobs.open_read(container, "upload.dcm")
+    blobs.delete(container, "upload.dcm", if_match=second.etag)
+
+    assert not blobs.exists(container, "upload.dcm")
+
+
+def test_write_takes_a_stream(blobs: AzureBlobStore, container: str) -> None:
+    data = _part10_like(300_000)
+
+    blobs.write(container, "streamed.dcm", io.BytesIO(data))
+
+    assert blobs.read(container, "streamed.dcm") == data
+
+
 def test_open_read_streams_a_large_blob_in_chunks_and_seeks(
     blobs: AzureBlobStore, container: str
 ) -> None:
     data = _part10_like(9 * 1024 * 1024 + 123)
     blobs.write(container, "big.dcm", data)
 
-    with blobs.open_read(container, "big.dcm") as stream:
+    stream, version = blobs.open_read(container, "big.dcm")
+    assert version.size == len(data)
+    with stream:
         chunks = iter(lambda: stream.read(1024 * 1024), b"")
         assert b"".join(chunks) == data
         stream.seek(-100, io.SEEK_END)
@@ -130,10 +155,8 @@ def test_open_read_serves_zipfile_which_needs_seek(
         writer.writestr("series1/2.dcm", b"second")
     blobs.write(container, "upload.zip", archive.getvalue())
 
-    with (
-        blobs.open_read(container, "upload.zip") as stream,
-        zipfile.ZipFile(stream) as reader,
-    ):
+    stream, _ = blobs.open_read(container, "upload.zip")
+    with stream, zipfile.ZipFile(stream) as reader:
         assert reader.namelist() == ["series1/1.dcm", "series1/2.dcm"]
         assert reader.read("series1/1.dcm") == _part10_like(5000)
 
@@ -143,7 +166,8 @@ def test_blob_replaced_while_streaming_is_retry_later(
 ) -> None:
     blobs.write(container, "moving.dcm", _part10_like(10_000))
 
-    with blobs.open_read(container, "moving.dcm") as stream:
+    stream, _ = blobs.open_read(container, "moving.dcm")
+    with stream:
         blobs.write(container, "moving.dcm", b"replaced")
         with pytest.raises(RetryLater):
             stream.read()

@@ -23,6 +23,7 @@ from shared_code.adapters.blob_storage import blob_store_from_settings
 from shared_code.adapters.bus import StorageQueueBus
 from shared_code.adapters.state_sqlite import SqliteStateStore
 from shared_code.config import Limits, Settings, load_settings
+from shared_code.errors import RetryLater
 from shared_code.services.audit import trail
 from shared_code.services.ingest import UNKNOWN_TENANT, ingest_upload
 
@@ -62,11 +63,7 @@ def _upload(
 ) -> Any:
     ports["blobs"].write(settings.uploads_container, f"{tenant}/{name}", data)
     return ingest_upload(
-        f"{settings.uploads_container}/{tenant}/{name}",
-        io.BytesIO(data),
-        len(data),
-        settings=settings,
-        **ports,
+        f"{settings.uploads_container}/{tenant}/{name}", settings=settings, **ports
     )
 
 
@@ -167,4 +164,77 @@ def test_a_hostile_zip_is_quarantined_whole_and_nothing_is_staged(
     assert outcome.outcome == "quarantined"
     assert [q["reason"] for q in outcome.quarantined] == ["zip_unsafe_path"]
     assert outcome.staged == []
+    assert not _messages(settings)
+
+
+def test_a_zip_found_bad_part_way_announces_none_of_its_members(
+    settings: Settings, ports: dict[str, Any]
+) -> None:
+    # Members are read in order: two good instances, then a zip inside the zip.
+    data = _zip(
+        {"a/1.dcm": CT_SMALL, "a/2.dcm": MR_SMALL, "a/inner.zip": _zip({"x": b"y"})}
+    )
+
+    outcome = _upload(settings, ports, "trust-a", "nested.zip", data)
+
+    assert outcome.outcome == "quarantined"
+    assert [q["reason"] for q in outcome.quarantined] == ["not_supported.nested_zip"]
+    assert outcome.staged == []
+    assert not _messages(settings)
+
+
+def test_a_version_uploaded_while_the_first_is_ingested_is_not_deleted(
+    settings: Settings, ports: dict[str, Any]
+) -> None:
+    blobs = ports["blobs"]
+    blobs.write(settings.uploads_container, "trust-a/scan.dcm", CT_SMALL)
+
+    class Replacing:
+        """The store, but a new version lands just before the first is deleted."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(blobs, name)
+
+        def delete(self, container: str, name: str, *, if_match: str = "") -> None:
+            blobs.write(container, name, MR_SMALL)
+            blobs.delete(container, name, if_match=if_match)
+
+    ingest_upload(
+        f"{settings.uploads_container}/trust-a/scan.dcm",
+        settings=settings,
+        blobs=Replacing(),
+        bus=ports["bus"],
+        state=ports["state"],
+    )
+
+    assert blobs.read(settings.uploads_container, "trust-a/scan.dcm") == MR_SMALL
+
+
+def test_an_upload_replaced_while_it_is_read_is_retried_and_kept(
+    settings: Settings, ports: dict[str, Any]
+) -> None:
+    blobs = ports["blobs"]
+    blobs.write(settings.uploads_container, "trust-a/scan.zip", _zip({"1": CT_SMALL}))
+
+    class Replacing:
+        """The store, but a new version lands just after the first is opened."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(blobs, name)
+
+        def open_read(self, container: str, name: str) -> Any:
+            opened = blobs.open_read(container, name)
+            blobs.write(container, name, MR_SMALL)
+            return opened
+
+    with pytest.raises(RetryLater):
+        ingest_upload(
+            f"{settings.uploads_container}/trust-a/scan.zip",
+            settings=settings,
+            blobs=Replacing(),
+            bus=ports["bus"],
+            state=ports["state"],
+        )
+
+    assert blobs.read(settings.uploads_container, "trust-a/scan.zip") == MR_SMALL
     assert not _messages(settings)
