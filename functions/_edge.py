@@ -27,6 +27,9 @@ from shared_code.wiring import Context, context
 _log = logging.getLogger(__name__)
 
 JSON = "application/json"
+MAX_RESCHEDULES = 10
+MAX_RETRY_AFTER_SECONDS = 3600.0
+_RETRY_MARK = "~retry"
 
 
 def json_response(body: Any, status: int = 200, **headers: str) -> func.HttpResponse:
@@ -85,6 +88,9 @@ def handle_message(
         # The use case checks the shape: an Event Grid batch, for one, is a list.
         body = decoded if isinstance(decoded, dict) else {}
         return call(ctx, decoded)
+    except RetryLater as exc:
+        if not _reschedule(ctx, queue, msg, body, exc):
+            raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         error = Quarantine("malformed_message", f"the body is not JSON: {exc}")
         _set_aside(ctx, queue, msg, raw, error, UNKNOWN_TENANT)
@@ -94,6 +100,38 @@ def handle_message(
             tenant = UNKNOWN_TENANT
         _set_aside(ctx, queue, msg, raw, error, tenant)
     return None
+
+
+def _reschedule(
+    ctx: Context,
+    queue: str,
+    msg: func.ServiceBusMessage,
+    body: Mapping[str, Any],
+    exc: RetryLater,
+) -> bool:
+    """Honour a service's Retry-After: send the message again, delayed, and complete
+    this one. Service Bus itself would redeliver at once and spend the delivery count.
+
+    Past ``MAX_RESCHEDULES`` (or with no Retry-After) the error propagates, and the
+    host's own retries and dead-lettering take over.
+    """
+    if exc.retry_after is None or not body:
+        return False
+    base, _, attempt = (getattr(msg, "message_id", None) or "").rpartition(_RETRY_MARK)
+    if not base:
+        base, attempt = getattr(msg, "message_id", None) or "", "0"
+    attempts = int(attempt) if attempt.isdigit() else 0
+    if not base or attempts >= MAX_RESCHEDULES:
+        return False
+    delay = min(max(exc.retry_after, 1.0), MAX_RETRY_AFTER_SECONDS)
+    ctx.bus.send(
+        queue, body, message_id=f"{base}{_RETRY_MARK}{attempts + 1}", delay=delay
+    )
+    _log.info(
+        "rescheduled after Retry-After",
+        extra={"queue": queue, "attempt": attempts + 1, "delay_s": delay},
+    )
+    return True
 
 
 def _set_aside(

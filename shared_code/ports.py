@@ -63,8 +63,18 @@ class BlobStore(Protocol):
 class MessageBus(Protocol):
     """Queues of JSON messages (Service Bus; Azurite queues locally)."""
 
-    def send(self, queue: str, body: Mapping[str, Any], *, message_id: str) -> None:
-        """Send one message. ``message_id`` lets Service Bus drop duplicates."""
+    def send(
+        self,
+        queue: str,
+        body: Mapping[str, Any],
+        *,
+        message_id: str,
+        delay: float = 0.0,
+    ) -> None:
+        """Send one message, delivered after ``delay`` seconds.
+
+        ``message_id`` lets Service Bus drop duplicates.
+        """
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -32,6 +33,7 @@ _log = logging.getLogger(__name__)
 
 STORAGE_QUEUE_MAX_BYTES = 64 * 1024
 _JSON = "application/json"
+_MAX_DELAY_SECONDS = 7 * 24 * 3600
 
 
 class ServiceBusBus:
@@ -52,9 +54,21 @@ class ServiceBusBus:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def send(self, queue: str, body: Mapping[str, Any], *, message_id: str) -> None:
+    def send(
+        self,
+        queue: str,
+        body: Mapping[str, Any],
+        *,
+        message_id: str,
+        delay: float = 0.0,
+    ) -> None:
         message = ServiceBusMessage(
-            json.dumps(body), message_id=message_id, content_type=_JSON
+            json.dumps(body),
+            message_id=message_id,
+            content_type=_JSON,
+            scheduled_enqueue_time_utc=(
+                datetime.now(UTC) + timedelta(seconds=delay) if delay > 0 else None
+            ),
         )
         sender, lock = self._sender(queue)
 
@@ -98,7 +112,14 @@ class StorageQueueBus:
         self._queues: dict[str, QueueClient] = {}
         self._guard = threading.Lock()
 
-    def send(self, queue: str, body: Mapping[str, Any], *, message_id: str) -> None:
+    def send(
+        self,
+        queue: str,
+        body: Mapping[str, Any],
+        *,
+        message_id: str,
+        delay: float = 0.0,
+    ) -> None:
         envelope = {
             "message_id": message_id,
             "body": dict(body),
@@ -112,8 +133,11 @@ class StorageQueueBus:
                 f"{queue}: {size} bytes > {STORAGE_QUEUE_MAX_BYTES} (storage queue)",
             )
 
+        # A storage queue delays a message by keeping it invisible, the way Service
+        # Bus schedules one; Azure Storage caps that at 7 days.
+        visibility = min(math.ceil(delay), _MAX_DELAY_SECONDS) if delay > 0 else None
         with translated(f"send to {queue}"):
-            self._queue(queue).send_message(text)
+            self._queue(queue).send_message(text, visibility_timeout=visibility)
 
     def close(self) -> None:
         with self._guard:
