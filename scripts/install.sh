@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the local stack and the tests need: Debian packages (Orthanc + DICOMweb,
-# DCMTK, dicom3tools), the Node servers (Azurite, cosmosdb-server) and the Python venv.
+# DCMTK, dicom3tools), the Node servers (Azurite, cosmosdb-server), the Python venv and
+# checkov's venv (.venv-iac) for the offline Bicep checks.
 # Idempotent and quick when everything is already there. Run from anywhere:
 #   bash scripts/install.sh
 set -euo pipefail
@@ -89,6 +90,21 @@ else
   log "pip install -r requirements-dev.txt"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
   echo "$req_sha" >"$venv_stamp"
+fi
+
+# --- checkov for the offline Bicep checks, in a venv of its own (its pins clash) --------
+if [ ! -x .venv-iac/bin/python ]; then
+  log "creating .venv-iac with $PYTHON"
+  "$PYTHON" -m venv .venv-iac
+fi
+iac_stamp=".venv-iac/.requirements.sha256"
+iac_sha="$(sha_of requirements-iac.txt)"
+if [ -x .venv-iac/bin/checkov ] && [ "$(cat "$iac_stamp" 2>/dev/null)" = "$iac_sha" ]; then
+  log ".venv-iac up to date"
+else
+  log "pip install -r requirements-iac.txt into .venv-iac"
+  .venv-iac/bin/python -m pip install -q --disable-pip-version-check -r requirements-iac.txt
+  echo "$iac_sha" >"$iac_stamp"
 fi
 
 log "done; start the local stack with: .venv/bin/python -m localdev.stack start"

@@ -1,0 +1,1 @@
+"""Offline checks of infra/: Bicep syntax, contracts with the code, checkov."""
