@@ -29,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 
 from localdev.tokens import mint_token
 from shared_code.config import load_settings
-from shared_code.domain.deid_basic import keyed_uid
+from shared_code.domain.deid import keyed_uid
 
 ROOT = Path(__file__).resolve().parent.parent
 STACK_FILE = ROOT / ".local" / "stack.json"

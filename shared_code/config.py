@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared_code.domain.deid.policy import PolicyError, build_policy
+
 Policy = Literal["clinical", "research"]
 ServiceAuth = Literal["managed-identity", "basic", "none"]
 
@@ -32,6 +34,9 @@ _TENANT_FIELDS = {
     "policy",
     "patient_identifier_system",
     "share_to",
+    "deid_options",
+    "deid_burned_in",
+    "deid_safe_private",
 }
 
 
@@ -56,6 +61,11 @@ class TenantSettings:
     patient_identifier_system: str = ""
     pseudonym_key: bytes = field(default=b"", repr=False)
     share_to: tuple[str, ...] = ()
+    # Research de-identification: PS3.15 options (CID 7050 codes or meanings), what
+    # becomes of possible burned-in text, and safe private elements (CREATOR:EE).
+    deid_options: tuple[str, ...] = ()
+    deid_burned_in: Literal["quarantine", "flag"] = "quarantine"
+    deid_safe_private: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -180,6 +190,12 @@ def _tenants(env: Mapping[str, str]) -> dict[str, TenantSettings]:
             )
         secret_suffix = name.upper().replace("-", "_")
         key = env.get(f"EXCHANGE_PSEUDONYM_KEY_{secret_suffix}", "")
+        if key.startswith("@Microsoft.KeyVault("):
+            # App Service passes the reference itself when it cannot resolve it.
+            raise SettingsError(
+                f"EXCHANGE_PSEUDONYM_KEY_{secret_suffix} is an unresolved Key Vault "
+                "reference: check the secret and the app's Key Vault Secrets User role"
+            )
         try:
             tenants[name] = TenantSettings(
                 name=name,
@@ -197,6 +213,9 @@ def _tenants(env: Mapping[str, str]) -> dict[str, TenantSettings]:
                 patient_identifier_system=spec.get("patient_identifier_system", ""),
                 pseudonym_key=key.encode(),
                 share_to=tuple(spec.get("share_to", ())),
+                deid_options=tuple(spec.get("deid_options", ())),
+                deid_burned_in=spec.get("deid_burned_in", "quarantine"),
+                deid_safe_private=tuple(spec.get("deid_safe_private", ())),
             )
         except KeyError as exc:
             raise SettingsError(
@@ -250,10 +269,20 @@ def _check(settings: Settings) -> None:
         raise SettingsError("EXCHANGE_AUTH_AUDIENCE is not set")
 
     for tenant in settings.tenants.values():
+        for name, auth in (
+            ("dicomweb_auth", tenant.dicomweb_auth),
+            ("fhir_auth", tenant.fhir_auth),
+        ):
+            if auth not in ("managed-identity", "basic", "none"):
+                raise SettingsError(
+                    f"tenant {tenant.name!r}: {name} must be managed-identity, basic "
+                    f"or none; got {auth!r}"
+                )
         if tenant.policy not in ("clinical", "research"):
             raise SettingsError(
                 f"tenant {tenant.name!r}: policy must be clinical or research"
             )
+        _check_deid(tenant)
         if tenant.policy == "research" and len(tenant.pseudonym_key) < 32:
             raise SettingsError(
                 f"tenant {tenant.name!r} de-identifies: EXCHANGE_PSEUDONYM_KEY_"
@@ -264,3 +293,12 @@ def _check(settings: Settings) -> None:
                 raise SettingsError(
                     f"tenant {tenant.name!r} shares to unknown {target!r}"
                 )
+
+
+def _check_deid(tenant: TenantSettings) -> None:
+    try:
+        build_policy(
+            tenant.deid_options, tenant.deid_safe_private, tenant.deid_burned_in
+        )
+    except PolicyError as exc:
+        raise SettingsError(f"tenant {tenant.name!r}: {exc}") from None

@@ -11,15 +11,15 @@ propagate so the host retries and, in the end, dead-letters.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from shared_code.config import Settings, TenantSettings
-from shared_code.domain.deid_basic import check_no_leak, deidentify_basic
+from shared_code.domain import deid
 from shared_code.domain.dicom_input import ParsedInstance, parse_instance, to_part10
 from shared_code.errors import InstanceConflict, Quarantine
 from shared_code.ports import BlobStore, DicomArchive, StateStore
@@ -27,6 +27,8 @@ from shared_code.services import audit
 from shared_code.services.quarantine import quarantine
 
 _log = logging.getLogger(__name__)
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 INSTANCES = "instances"
 STEP = "archive"
@@ -59,16 +61,30 @@ def prepare_for_tenant(
 ) -> PreparedInstance:
     """Apply the tenant's policy and encode the result as Part 10 bytes.
 
-    Research tenants get keyed pseudonyms; the leak check compares against the
-    original, so a value that survived de-identification raises ``Quarantine`` and
-    the instance never reaches the archive.
+    Research tenants get PS3.15 de-identification under the tenant's options and
+    keyed pseudonyms. The leak gate takes its needles from the original before the
+    engine runs and searches the encoded output after, so a surviving value (or a
+    possible burned-in text the policy quarantines) raises ``Quarantine`` and the
+    instance never reaches the archive.
     """
     dataset = parsed.dataset
     if tenant.policy == "research":
-        original = copy.deepcopy(dataset)
-        deidentify_basic(dataset, tenant.pseudonym_key)
-        check_no_leak(original, dataset)
-        del original
+        policy = deid.build_policy(
+            tenant.deid_options, tenant.deid_safe_private, tenant.deid_burned_in
+        )
+        needles = deid.collect_needles(dataset, policy)
+        report = deid.deidentify(dataset, tenant.pseudonym_key, policy)
+        deid.check_no_leak(needles, dataset)
+        _log.info(
+            "de-identified",
+            extra={
+                "tenant": tenant.name,
+                "deid_edition": report.edition,
+                "deid_options": ",".join(report.options),
+                "deid_actions": report.counts(),
+                "burned_in_flagged": report.burned_in_risk,
+            },
+        )
 
     part10 = to_part10(dataset)
     return PreparedInstance(
@@ -88,7 +104,12 @@ def archive_instance(
     archive_for: Callable[[str], DicomArchive],
     state: StateStore,
 ) -> ArchiveOutcome:
-    """Store the staged instance named by an ``instances`` message."""
+    """Store the staged instance named by an ``instances`` message.
+
+    A message of the wrong shape raises ``Quarantine("malformed_message")``: there is
+    no instance to set aside, so the caller sets the message itself aside.
+    """
+    _check_message(message)
     tenant_name = str(message["tenant"])
     blob = str(message["blob"])
     data: bytes | None = None
@@ -194,6 +215,22 @@ def _store_once(
         },
     )
     return outcome
+
+
+def _check_message(message: Any) -> None:
+    if not isinstance(message, Mapping):
+        raise Quarantine("malformed_message", "the body is not a JSON object")
+    fields = {key: message.get(key) for key in ("tenant", "blob", "sha256")}
+    missing = [key for key, value in fields.items() if not isinstance(value, str)]
+    if missing or not all(fields.values()):
+        raise Quarantine(
+            "malformed_message", f"tenant, blob and sha256 must be strings: {missing}"
+        )
+    if not _SHA256.fullmatch(fields["sha256"] or ""):
+        raise Quarantine("malformed_message", "sha256 is not 64 hex digits")
+    # A tenant's message may only name that tenant's staged blobs.
+    if not str(fields["blob"]).startswith(f"{fields['tenant']}/"):
+        raise Quarantine("malformed_message", "the blob is not under the tenant")
 
 
 def _tenant(settings: Settings, name: str) -> TenantSettings:

@@ -67,6 +67,13 @@ def test_azure_settings_load_with_their_defaults() -> None:
         ({"ServiceBusConnection__fullyQualifiedNamespace": ""}, "ServiceBusConnection"),
         ({"EXCHANGE_AUTH_AUDIENCE": ""}, "EXCHANGE_AUTH_AUDIENCE"),
         ({"EXCHANGE_MAX_ZIP_RATIO": "lots"}, "EXCHANGE_MAX_"),
+        (
+            {
+                "EXCHANGE_PSEUDONYM_KEY_RESEARCH": "@Microsoft.KeyVault("
+                "SecretUri=https://kv.vault.azure.net/secrets/pseudonym-key-research/)"
+            },
+            "unresolved Key Vault reference",
+        ),
     ],
 )
 def test_a_bad_setting_is_named(overrides: dict[str, str], named: str) -> None:
@@ -85,3 +92,11 @@ def test_a_share_route_to_an_unknown_tenant_is_refused() -> None:
 def test_an_unknown_dicom_service_is_an_error() -> None:
     with pytest.raises(SettingsError, match="no tenant"):
         load_settings(_env()).tenant_for_dicom_service("x", "Microsoft.Default")
+
+
+def test_a_misspelt_service_auth_is_refused_not_sent_unauthenticated() -> None:
+    tenants = json.loads(_env()["EXCHANGE_TENANTS"])
+    tenants["trust-a"]["dicomweb_auth"] = "managed_identity"
+
+    with pytest.raises(SettingsError, match="dicomweb_auth"):
+        load_settings(_env(EXCHANGE_TENANTS=json.dumps(tenants)))

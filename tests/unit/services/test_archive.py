@@ -360,10 +360,10 @@ def test_research_tenant_gets_pseudonyms(world):
 
 
 def test_leak_quarantines_and_never_reaches_the_archive(world, monkeypatch):
-    def leaky(dataset, key):
+    def leaky(dataset, key, policy=None):
         return None  # leaves every identifier in place
 
-    monkeypatch.setattr(archive, "deidentify_basic", leaky)
+    monkeypatch.setattr(archive.deid, "deidentify", leaky)
     message = stage(world["blobs"], "research", dicom_bytes())
 
     outcome = run(world, message)
@@ -411,3 +411,22 @@ def test_retry_later_propagates_and_keeps_the_staged_blob(world):
     assert world["blobs"].exists("instances", message["blob"])
     assert world["state"].query("instances", "trust-a") == []
     assert run(world, message).outcome == "stored"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ["trust-a", "trust-a/x.dcm"],
+        {"tenant": "trust-a", "blob": "trust-a/x.dcm"},
+        {"tenant": "trust-a", "blob": "trust-a/x.dcm", "sha256": "not-hex"},
+        {"tenant": "", "blob": "x.dcm", "sha256": "0" * 64},
+        {"tenant": "trust-a", "blob": "trust-b/x.dcm", "sha256": "0" * 64},
+        {"tenant": 7, "blob": "trust-a/x.dcm", "sha256": "0" * 64},
+    ],
+)
+def test_a_malformed_message_is_refused_before_anything_is_read(world, message):
+    with pytest.raises(Quarantine) as raised:
+        run(world, message)
+
+    assert raised.value.reason == "malformed_message"
+    assert world["state"].query("audit", None) == []

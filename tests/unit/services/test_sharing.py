@@ -164,7 +164,7 @@ def test_research_transfer_stores_pseudonyms(world):
 
 def test_instance_failing_preparation_marks_share_failed(world, monkeypatch):
     monkeypatch.setattr(
-        "shared_code.services.archive.deidentify_basic", lambda dataset, key: None
+        "shared_code.domain.deid.deidentify", lambda dataset, key, policy=None: None
     )
     share = request(world, to_tenant="research")
 

@@ -1,0 +1,1 @@
+"""Benchmarks, run by hand: ``.venv/bin/python -m bench.<name>``."""
