@@ -2,9 +2,9 @@
 
 import azure.functions as func
 
-from functions import archive, fhir_sync, ingest, shares, studies
+from functions import archive, fhir_sync, ingest, reconcile, shares, studies
 
 app = func.FunctionApp()
 
-for blueprint_module in (ingest, archive, fhir_sync, shares, studies):
+for blueprint_module in (ingest, archive, fhir_sync, reconcile, shares, studies):
     app.register_functions(blueprint_module.bp)

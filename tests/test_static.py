@@ -26,6 +26,12 @@ def test_ruff_format_is_clean() -> None:
 
 def test_mypy_is_clean() -> None:
     result = _run(
-        "mypy", "function_app.py", "functions", "shared_code", "localdev", "tests"
+        "mypy",
+        "function_app.py",
+        "functions",
+        "shared_code",
+        "localdev",
+        "tests",
+        "bench",
     )
     assert result.returncode == 0, result.stdout + result.stderr

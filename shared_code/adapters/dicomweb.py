@@ -40,7 +40,7 @@ import io
 import logging
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -48,10 +48,13 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from shared_code.domain.dicom_events import parse_change_feed_entry
 from shared_code.errors import Quarantine, RetryLater
-from shared_code.ports import JsonDict, StoreOutcome
+from shared_code.ports import ArchiveChange, ChangePage, JsonDict, StoreOutcome
 
 _log = logging.getLogger(__name__)
+# An authorisation failure is an operator's to fix; look again after this long.
+AUTH_RETRY_AFTER_SECONDS = 300.0
 # dicomweb-client logs every search at INFO with whole Study/Series Instance UIDs;
 # UIDs may only be logged hashed here, so only its warnings pass.
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
@@ -75,6 +78,13 @@ STUDY_FIELDS = (
     "ReferringPhysicianName",
     "NumberOfStudyRelatedSeries",
     "NumberOfStudyRelatedInstances",
+    "IssuerOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence",
+    "NameOfPhysiciansReadingStudy",
+    "ProcedureCodeSequence",
+    "RequestAttributesSequence",
+    "ReasonForTheRequestedProcedure",
+    "ReasonForRequestedProcedureCodeSequence",
 )
 SERIES_FIELDS = (
     "SeriesInstanceUID",
@@ -86,13 +96,20 @@ SERIES_FIELDS = (
     "SeriesDate",
     "SeriesTime",
     "NumberOfSeriesRelatedInstances",
+    "PerformingPhysicianName",
 )
 INSTANCE_FIELDS = (
     "SOPClassUID",
     "SOPInstanceUID",
     "SeriesInstanceUID",
     "InstanceNumber",
+    "ContentLabel",
+    "ConceptNameCodeSequence",
+    "DocumentTitle",
 )
+
+# How far behind now the AHDS change feed is read (see _ahds_changes).
+CHANGE_FEED_LAG = timedelta(minutes=2)
 
 ALREADY_STORED = 45070
 RETRYABLE_FAILURES = frozenset({272, 42752, 45071})
@@ -109,6 +126,7 @@ def managed_identity_token_provider(client_id: str = "") -> Callable[[], str]:
     The credential caches tokens and renews them before they expire, so calling the
     provider for every request costs nothing most of the time.
     """
+    from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import ManagedIdentityCredential
 
     credential = (
@@ -118,7 +136,13 @@ def managed_identity_token_provider(client_id: str = "") -> Callable[[], str]:
     )
 
     def token() -> str:
-        return credential.get_token(AHDS_SCOPE).token
+        try:
+            return credential.get_token(AHDS_SCOPE).token
+        except ClientAuthenticationError as exc:
+            raise RetryLater(
+                f"no token for the DICOM service: {type(exc).__name__}",
+                retry_after=AUTH_RETRY_AFTER_SECONDS,
+            ) from exc
 
     return token
 
@@ -241,6 +265,90 @@ class DicomWebArchive:
             )
             response.raise_for_status()
         return _single_part(response)
+
+    # Change feed
+
+    def read_changes(self, checkpoint: JsonDict | None, limit: int) -> ChangePage:
+        """``ports.ChangeFeed``: AHDS's v2 change feed, or Orthanc's ``/changes``
+        when the root is an Orthanc DICOMweb plugin's (``.../dicom-web``)."""
+        if self._root.endswith("/dicom-web"):
+            return self._orthanc_changes(checkpoint, limit)
+        return self._ahds_changes(checkpoint, limit)
+
+    def _ahds_changes(self, checkpoint: JsonDict | None, limit: int) -> ChangePage:
+        """``GET {root}/changefeed?startTime&endTime&offset&limit`` (v2 API).
+
+        The checkpoint is a window start and an offset into the entries from it.
+        The window ends ``CHANGE_FEED_LAG`` behind now, so that entries committed
+        late with an earlier timestamp are still ahead of us; once a window is read
+        to its end, the next starts where it ended (endTime is exclusive).
+        """
+        start = str((checkpoint or {}).get("start") or "1970-01-01T00:00:00Z")
+        offset = int((checkpoint or {}).get("offset") or 0)
+        end = (datetime.now(UTC) - CHANGE_FEED_LAG).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if end <= start:
+            return ChangePage([], {"start": start, "offset": offset}, done=True)
+        limit = max(1, min(limit, 200))
+        with _translated("changefeed"):
+            response = self._session.get(
+                f"{self._root}/changefeed",
+                params={
+                    "startTime": start,
+                    "endTime": end,
+                    "offset": str(offset),
+                    "limit": str(limit),
+                    "includeMetadata": "false",
+                },
+                headers={"Accept": "application/json"},
+                timeout=self._timeout,
+            )
+            response.raise_for_status()
+        entries = response.json()
+        changes = [parse_change_feed_entry(entry) for entry in entries]
+        if len(entries) < limit:
+            return ChangePage(changes, {"start": end, "offset": 0}, done=True)
+        return ChangePage(
+            changes, {"start": start, "offset": offset + len(entries)}, done=False
+        )
+
+    def _orthanc_changes(self, checkpoint: JsonDict | None, limit: int) -> ChangePage:
+        """Orthanc's ``GET /changes?since&limit`` on its REST root.
+
+        Only study-level entries (NewStudy, StableStudy, ...) are used: every new
+        instance makes its study unstable and, after StableAge seconds, stable
+        again, so they name every changed study at one lookup each, where the
+        instance entries would cost one per instance. Orthanc logs no deletions.
+        """
+        since = int((checkpoint or {}).get("since") or 0)
+        rest_root = self._root.removesuffix("/dicom-web")
+        with _translated("changes"):
+            response = self._session.get(
+                f"{rest_root}/changes",
+                params={"since": str(since), "limit": str(max(1, limit))},
+                timeout=self._timeout,
+            )
+            response.raise_for_status()
+        page = response.json()
+        changes = []
+        for change in page.get("Changes", []):
+            if change.get("ResourceType") != "Study":
+                continue
+            study_uid = self._orthanc_study_uid(rest_root, str(change.get("ID")))
+            if study_uid:
+                changes.append(ArchiveChange(study_uid, "update", int(change["Seq"])))
+        last = int(page.get("Last", since))
+        return ChangePage(changes, {"since": last}, done=bool(page.get("Done", True)))
+
+    def _orthanc_study_uid(self, rest_root: str, orthanc_id: str) -> str | None:
+        with _translated("changes"):
+            response = self._session.get(
+                f"{rest_root}/studies/{orthanc_id}", timeout=self._timeout
+            )
+            if response.status_code == 404:
+                return None  # deleted since: its instances' events say so
+            response.raise_for_status()
+        uid = response.json().get("MainDicomTags", {}).get("StudyInstanceUID")
+        return str(uid) if uid else None
 
     # helpers
 
@@ -383,10 +491,13 @@ def _raise_for_status(response: requests.Response, action: str) -> None:
     if status == 404:
         raise Quarantine("dicom_not_found", f"DICOMweb {action} answered 404")
     if status in (401, 403):
-        # Our credentials or role assignment are wrong: an operator must fix them,
-        # and retrying would only burn the delivery count of every message.
-        raise Quarantine(
-            "dicom_forbidden", f"DICOMweb {action} answered {status}: check credentials"
+        # Our credentials or role assignment are wrong (an expired token, a role still
+        # propagating): the data is fine, so it must not go to quarantine. Retry long
+        # after; if nobody fixes it, the message is dead-lettered with this reason.
+        _log.error("dicomweb_unauthorised", extra={"action": action, "status": status})
+        raise RetryLater(
+            f"DICOMweb {action} answered {status}: check the credentials and roles",
+            retry_after=AUTH_RETRY_AFTER_SECONDS,
         )
     if status == 413:
         raise Quarantine("dicom_too_large", f"DICOMweb {action} answered 413")

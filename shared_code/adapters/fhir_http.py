@@ -2,12 +2,18 @@
 (bearer tokens from a managed identity) and a local R4 server without auth.
 
 HTTP failures become ``shared_code.errors`` here, so the use cases never see
-``requests`` exceptions or status codes.
+``requests`` exceptions or status codes. Transient ones (connection errors, 409,
+429, 5xx) are retried a few times with exponential back-off, waiting what
+Retry-After asks; when the server asks for longer than ``max_wait`` the call gives
+up at once with ``RetryLater(retry_after=...)`` and the bus redelivers the message
+later, instead of a worker holding its message lock while it sleeps. A 412 on a
+write with If-Match is ``PreconditionFailed``: the caller re-reads and rebuilds.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -15,8 +21,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin
 
 import requests
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
-from shared_code.errors import Quarantine, RetryLater
+from shared_code.errors import PreconditionFailed, Quarantine, RetryLater
 from shared_code.ports import JsonDict
 
 _log = logging.getLogger(__name__)
@@ -37,11 +50,18 @@ class FhirHttpStore:
         session: requests.Session | None = None,
         token_provider: Callable[[], str] | None = None,
         timeout: float = 30,
+        attempts: int = 4,
+        max_wait: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._session = session or requests.Session()
         self._token_provider = token_provider
         self._timeout = timeout
+        self._attempts = max(1, attempts)
+        self._max_wait = max_wait
+        self._sleep = sleep
+        self._backoff = wait_exponential(multiplier=0.5, max=max_wait)
 
     @property
     def base_url(self) -> str:
@@ -95,6 +115,16 @@ class FhirHttpStore:
         )
         return self._resource_from(response, resource["resourceType"])
 
+    def update(self, resource: JsonDict, *, if_match: str) -> JsonDict:
+        """PUT ``{type}/{id}`` with If-Match on the version read before."""
+        response = self._send(
+            "PUT",
+            f"{self._base_url}/{resource['resourceType']}/{resource['id']}",
+            json_body=resource,
+            headers={"If-Match": f'W/"{if_match}"'},
+        )
+        return self._resource_from(response, resource["resourceType"])
+
     def _resource_from(
         self, response: requests.Response, resource_type: str
     ) -> JsonDict:
@@ -123,6 +153,44 @@ class FhirHttpStore:
         headers: Mapping[str, str] | None = None,
         missing_ok: bool = False,
     ) -> requests.Response:
+        retrying = Retrying(
+            stop=stop_after_attempt(self._attempts),
+            wait=self._wait,
+            retry=retry_if_exception(self._worth_waiting_for),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(
+            self._send_once,
+            method,
+            url,
+            params=params,
+            json_body=json_body,
+            headers=headers,
+            missing_ok=missing_ok,
+        )
+
+    def _worth_waiting_for(self, error: BaseException) -> bool:
+        if not isinstance(error, RetryLater):
+            return False
+        return error.retry_after is None or error.retry_after <= self._max_wait
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, RetryLater) and error.retry_after is not None:
+            return error.retry_after
+        return float(self._backoff(state))
+
+    def _send_once(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        json_body: JsonDict | None,
+        headers: Mapping[str, str] | None,
+        missing_ok: bool,
+    ) -> requests.Response:
         all_headers = {"Accept": FHIR_JSON, **(headers or {})}
         if json_body is not None:
             all_headers["Content-Type"] = FHIR_JSON
@@ -144,6 +212,8 @@ class FhirHttpStore:
             raise RetryLater(f"FHIR {method} failed: {type(exc).__name__}") from exc
         if response.ok or (missing_ok and response.status_code in (404, 410)):
             return response
+        if response.status_code == 412 and "If-Match" in all_headers:
+            raise PreconditionFailed(f"FHIR {method}: the resource changed meanwhile")
         raise _error_for(method, response)
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from shared_code.errors import NotSupported, Quarantine
-from shared_code.ports import DicomEvent
+from shared_code.ports import ArchiveChange, DicomEvent
 
 _log = logging.getLogger(__name__)
 
@@ -81,6 +82,44 @@ def parse_dicom_event(
         extra=extra,
         **fields,
     )
+
+
+def event_time(event: DicomEvent) -> datetime | None:
+    """When the DICOM service raised the event (Event Grid ``eventTime``), in UTC;
+    ``None`` when it is missing or unreadable, so the event is never skipped."""
+    return parse_time(event.extra.get("eventTime"))
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 instant (Event Grid sends 7 fractional digits; Python keeps 6)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+# AHDS change feed actions (v2 API) and what they mean for FHIR sync.
+CHANGE_ACTIONS = {"create": "create", "update": "update", "delete": "delete"}
+
+
+def parse_change_feed_entry(entry: Mapping[str, Any]) -> ArchiveChange:
+    """One entry of the AHDS DICOM v2 change feed (``Sequence``, ``StudyInstanceUid``,
+    ``Action``, ...); a malformed one is ``Quarantine('malformed_change')``."""
+    study_uid = entry.get("StudyInstanceUid")
+    action = str(entry.get("Action", "")).lower()
+    sequence = entry.get("Sequence")
+    if not isinstance(study_uid, str) or not _UID.match(study_uid):
+        raise Quarantine("malformed_change", "StudyInstanceUid is not a DICOM UID")
+    if action not in CHANGE_ACTIONS:
+        raise Quarantine("malformed_change", f"unknown Action {action[:40]!r}")
+    if isinstance(sequence, bool) or not isinstance(sequence, int):
+        raise Quarantine("malformed_change", "Sequence is not an integer")
+    return ArchiveChange(study_uid, CHANGE_ACTIONS[action], sequence)
 
 
 def _single_event(body: Any) -> Mapping[str, Any]:

@@ -7,14 +7,9 @@ Input is DICOM JSON (PS3.18 F.2) as QIDO-RS returns it: dicts keyed by 8-hex tag
 level and no R4 package; R4B's Patient, Endpoint and ImagingStudy have the same
 elements as R4's).
 
-Not mapped yet (a later issue; the ImagingStudy is a usable skeleton without them):
-ImagingStudy.referrer (0008,0090), interpreter (0008,1060), basedOn / Requested
-Procedure, procedureCode (0008,1032), reasonCode (0040,1002), location, encounter,
-note, identifiers other than Study Instance UID and Accession Number (e.g. Study ID
-(0020,0010)); series.bodySite (0018,0015), laterality (0020,0060), started
-(0008,0021/0031), performer, endpoint; instance.title; Patient identifiers from
-Other Patient IDs Sequence (0010,1002), Patient's Age, ideographic and phonetic
-names.
+People (referrer, interpreter, series performer) are references by display only:
+DICOM holds their names, not identifiers a Practitioner could be found by. The
+elements left out, and why, are listed in README.md ("FHIR mapping: not filled").
 """
 
 from __future__ import annotations
@@ -22,12 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from fhir.resources.R4B.endpoint import Endpoint
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
 
+from shared_code.domain.snomed_body_parts import BODY_PARTS, LATERALITY, SNOMED_CT
 from shared_code.errors import Quarantine
 
 _log = logging.getLogger(__name__)
@@ -43,6 +40,16 @@ ENDPOINT_CONNECTION_SYSTEM = (
     "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 )
 V2_0203_SYSTEM = "http://terminology.hl7.org/CodeSystem/v2-0203"
+TENANT_TAG_SYSTEM = "urn:dicom-exchange:tenant"
+STUDY_ID_SYSTEM = "urn:dicom-exchange:study-id"
+# Coding Scheme Designators (0008,0102) with a FHIR system (PS3.16 Section 8).
+_CODING_SCHEMES = {
+    "DCM": DCM_SYSTEM,
+    "SCT": SNOMED_CT,
+    "LN": "http://loinc.org",
+    "RADLEX": "http://radlex.org",
+    "UCUM": "http://unitsofmeasure.org",
+}
 
 # DICOM tags, by keyword.
 STUDY_INSTANCE_UID = "0020000D"
@@ -60,6 +67,28 @@ PATIENT_NAME = "00100010"
 PATIENT_ID = "00100020"
 PATIENT_BIRTH_DATE = "00100030"
 PATIENT_SEX = "00100040"
+ISSUER_OF_PATIENT_ID = "00100021"
+ISSUER_OF_PATIENT_ID_QUALIFIERS = "00100024"
+STUDY_ID = "00200010"
+REFERRING_PHYSICIAN_NAME = "00080090"
+NAME_OF_PHYSICIANS_READING_STUDY = "00081060"
+PROCEDURE_CODE_SEQUENCE = "00081032"
+REQUEST_ATTRIBUTES_SEQUENCE = "00400275"
+REASON_FOR_REQUESTED_PROCEDURE = "00401002"
+REASON_FOR_REQUESTED_PROCEDURE_CODE_SEQUENCE = "0040100A"
+BODY_PART_EXAMINED = "00180015"
+LATERALITY_TAG = "00200060"
+SERIES_DATE = "00080021"
+SERIES_TIME = "00080031"
+PERFORMING_PHYSICIAN_NAME = "00081050"
+CONTENT_LABEL = "00700080"
+CONCEPT_NAME_CODE_SEQUENCE = "0040A043"
+DOCUMENT_TITLE = "00420010"
+CODE_VALUE = "00080100"
+CODING_SCHEME_DESIGNATOR = "00080102"
+CODE_MEANING = "00080104"
+LONG_CODE_VALUE = "00080119"
+URN_CODE_VALUE = "00080120"
 SERIES_INSTANCE_UID = "0020000E"
 SERIES_NUMBER = "00200011"
 MODALITY = "00080060"
@@ -74,16 +103,18 @@ _GENDERS = {"M": "male", "F": "female", "O": "other"}
 # Patient
 
 
-def build_patient(study_json: DicomJson, identifier_system: str) -> JsonDict:
+def build_patient(
+    study_json: DicomJson, identifier_system: str, tenant: str = ""
+) -> JsonDict:
     """Patient from the patient attributes of a study-level QIDO result.
 
     No Patient ID (it is Type 2): ``Quarantine('dicom_missing_patient_id')``, as the
     Patient could not be found again and ImagingStudy.subject is required.
     """
-    patient: JsonDict = {
-        "resourceType": "Patient",
-        "identifier": [patient_identifier(study_json, identifier_system)],
-    }
+    patient: JsonDict = {"resourceType": "Patient"}
+    if tenant:
+        patient["meta"] = tenant_meta(tenant)
+    patient["identifier"] = [patient_identifier(study_json, identifier_system)]
     name = patient_name(study_json)
     if name:
         patient["name"] = [name]
@@ -104,6 +135,35 @@ def patient_identifier(study_json: DicomJson, system: str) -> JsonDict:
             "dicom_missing_patient_id", "the study has no Patient ID (0010,0020)"
         )
     return {"system": system, "value": value}
+
+
+def patient_identifier_system(
+    study_json: DicomJson, configured: str, fallback: str
+) -> str:
+    """The system of Patient.identifier: the tenant's configured one; else the
+    Universal Entity ID of the Issuer of Patient ID Qualifiers (0010,0024); else
+    ``fallback``, a URN scoped to the tenant.
+
+    Issuer of Patient ID (0010,0021) alone is a local namespace name, not a URI,
+    so it only refines the tenant's fallback URN.
+    """
+    if configured:
+        return configured
+    qualifiers = first_value(study_json, ISSUER_OF_PATIENT_ID_QUALIFIERS)
+    if isinstance(qualifiers, Mapping):
+        system = _issuer_system(qualifiers)
+        if system:
+            return system
+    issuer = text_value(study_json, ISSUER_OF_PATIENT_ID)
+    if issuer:
+        return f"{fallback}:{quote(issuer, safe='')}"
+    return fallback
+
+
+def tenant_meta(tenant: str) -> JsonDict:
+    """meta.tag naming the tenant: searches carry it, so that on a FHIR service two
+    tenants share, one tenant's Patient is never linked to another's study."""
+    return {"tag": [{"system": TENANT_TAG_SYSTEM, "code": tenant}]}
 
 
 def patient_name(study_json: DicomJson) -> JsonDict | None:
@@ -163,6 +223,9 @@ def build_imaging_study(
     instances_by_series: Mapping[str, Sequence[DicomJson]],
     patient_ref: str,
     endpoint_ref: str,
+    *,
+    patient_identifier: JsonDict | None = None,
+    tenant: str = "",
 ) -> JsonDict:
     """ImagingStudy from the study, series and instance level QIDO results.
 
@@ -170,40 +233,66 @@ def build_imaging_study(
     Instances, which an archive may leave out or compute later. Series without
     instances (deleted between two QIDO calls) are left out. Series and instances
     are sorted by number then UID so that the same archive state always gives the
-    same resource.
+    same resource. ``patient_identifier`` goes on subject beside the reference, so
+    that a changed Patient ID shows as a changed ImagingStudy.
     """
-    series = imaging_series(series_list, instances_by_series)
-    study: JsonDict = {
-        "resourceType": "ImagingStudy",
-        "identifier": study_identifiers(study_json),
-        "status": "available",
-        "subject": {"reference": patient_ref},
-        "endpoint": [{"reference": endpoint_ref}],
-        "numberOfSeries": len(series),
-        "numberOfInstances": sum(item["numberOfInstances"] for item in series),
-        "series": series,
+    timezone = fhir_timezone(first_value(study_json, TIMEZONE_OFFSET))
+    series = imaging_series(series_list, instances_by_series, timezone)
+    subject: JsonDict = {"reference": patient_ref}
+    if patient_identifier:
+        subject["identifier"] = patient_identifier
+    study: JsonDict = {"resourceType": "ImagingStudy"}
+    if tenant:
+        study["meta"] = tenant_meta(tenant)
+    study.update(
+        identifier=study_identifiers(study_json),
+        status="available",
+        subject=subject,
+        endpoint=[{"reference": endpoint_ref}],
+        numberOfSeries=len(series),
+        numberOfInstances=sum(item["numberOfInstances"] for item in series),
+        series=series,
+    )
+    optional = {
+        "modality": study_modalities(study_json, series_list),
+        "started": study_started(study_json),
+        "basedOn": study_based_on(study_json),
+        "referrer": study_referrer(study_json),
+        "interpreter": study_interpreters(study_json),
+        "procedureCode": study_procedure_codes(study_json),
+        "reasonCode": study_reason_codes(study_json),
+        "description": text_value(study_json, STUDY_DESCRIPTION),
     }
-    modalities = study_modalities(study_json, series_list)
-    if modalities:
-        study["modality"] = modalities
-    started = study_started(study_json)
-    if started:
-        study["started"] = started
-    description = text_value(study_json, STUDY_DESCRIPTION)
-    if description:
-        study["description"] = description
+    study.update((name, value) for name, value in optional.items() if value)
     if not series:
         del study["series"]
     return _validated(ImagingStudy, study)
 
 
 def study_identifiers(study_json: DicomJson) -> list[JsonDict]:
-    """ImagingStudy.identifier: Study Instance UID, and Accession Number if any."""
+    """ImagingStudy.identifier: Study Instance UID, Accession Number and Study ID."""
     identifiers = [study_uid_identifier(study_instance_uid(study_json))]
     accession = accession_identifier(study_json)
     if accession:
         identifiers.append(accession)
+    study_id = study_id_identifier(study_json)
+    if study_id:
+        identifiers.append(study_id)
     return identifiers
+
+
+def study_id_identifier(study_json: DicomJson) -> JsonDict | None:
+    """Study ID (0020,0010): the modality's own number, unique only locally, so it
+    is typed and in a system of ours rather than passed off as a global one."""
+    value = text_value(study_json, STUDY_ID)
+    if not value:
+        return None
+    return {
+        "use": "secondary",
+        "type": {"text": "Study ID"},
+        "system": STUDY_ID_SYSTEM,
+        "value": value,
+    }
 
 
 def study_uid_identifier(study_uid: str) -> JsonDict:
@@ -244,6 +333,60 @@ def accession_identifier(study_json: DicomJson) -> JsonDict | None:
     return identifier
 
 
+def study_based_on(study_json: DicomJson) -> list[JsonDict]:
+    """ImagingStudy.basedOn: the ServiceRequest (the order) by its accession
+    identifier, a logical reference that resolves once the RIS has written it."""
+    accession = accession_identifier(study_json)
+    if accession is None:
+        return []
+    return [{"type": "ServiceRequest", "identifier": accession}]
+
+
+def study_referrer(study_json: DicomJson) -> JsonDict | None:
+    """ImagingStudy.referrer from Referring Physician's Name (0008,0090)."""
+    names = person_displays(study_json, REFERRING_PHYSICIAN_NAME)
+    return {"display": names[0]} if names else None
+
+
+def study_interpreters(study_json: DicomJson) -> list[JsonDict]:
+    """ImagingStudy.interpreter from Name of Physician(s) Reading Study (0008,1060)."""
+    return [
+        {"display": name}
+        for name in person_displays(study_json, NAME_OF_PHYSICIANS_READING_STUDY)
+    ]
+
+
+def study_procedure_codes(study_json: DicomJson) -> list[JsonDict]:
+    """ImagingStudy.procedureCode from Procedure Code Sequence (0008,1032)."""
+    return [
+        concept
+        for item in all_values(study_json, PROCEDURE_CODE_SEQUENCE)
+        if (concept := codeable_concept(item))
+    ]
+
+
+def study_reason_codes(study_json: DicomJson) -> list[JsonDict]:
+    """ImagingStudy.reasonCode from the Reason for Requested Procedure Code Sequence
+    (0040,100A), else its text (0040,1002); at the top level of the study's view
+    or in the first item of the Request Attributes Sequence (0040,0275)."""
+    sources = [study_json]
+    request = first_value(study_json, REQUEST_ATTRIBUTES_SEQUENCE)
+    if isinstance(request, Mapping):
+        sources.append(request)
+    for source in sources:
+        coded = [
+            concept
+            for item in all_values(source, REASON_FOR_REQUESTED_PROCEDURE_CODE_SEQUENCE)
+            if (concept := codeable_concept(item))
+        ]
+        if coded:
+            return coded
+        text = text_value(source, REASON_FOR_REQUESTED_PROCEDURE)
+        if text:
+            return [{"text": text}]
+    return []
+
+
 def study_modalities(
     study_json: DicomJson, series_list: Sequence[DicomJson]
 ) -> list[JsonDict]:
@@ -260,19 +403,17 @@ def study_started(study_json: DicomJson) -> str | None:
     FHIR requires a zone on a dateTime with a time; without (0008,0201) the local
     time of the modality cannot be placed, so only the date is kept.
     """
-    date = fhir_date(first_value(study_json, STUDY_DATE))
-    if not date:
-        return None
-    time = fhir_time(first_value(study_json, STUDY_TIME))
-    offset = fhir_timezone(first_value(study_json, TIMEZONE_OFFSET))
-    if len(date) < len("YYYY-MM-DD") or not time or not offset:
-        return date
-    return f"{date}T{time}{offset}"
+    return _date_time(
+        first_value(study_json, STUDY_DATE),
+        first_value(study_json, STUDY_TIME),
+        fhir_timezone(first_value(study_json, TIMEZONE_OFFSET)),
+    )
 
 
 def imaging_series(
     series_list: Sequence[DicomJson],
     instances_by_series: Mapping[str, Sequence[DicomJson]],
+    timezone: str | None = None,
 ) -> list[JsonDict]:
     """ImagingStudy.series, one per series that still has instances."""
     result = []
@@ -280,12 +421,14 @@ def imaging_series(
         uid = text_value(series_json, SERIES_INSTANCE_UID)
         instances = instances_by_series.get(uid, ())
         if uid and instances:
-            result.append(imaging_series_item(series_json, instances))
+            result.append(imaging_series_item(series_json, instances, timezone))
     return sorted(result, key=lambda item: (item.get("number", -1), item["uid"]))
 
 
 def imaging_series_item(
-    series_json: DicomJson, instances: Iterable[DicomJson]
+    series_json: DicomJson,
+    instances: Iterable[DicomJson],
+    timezone: str | None = None,
 ) -> JsonDict:
     """One ImagingStudy.series with its instances."""
     uid = text_value(series_json, SERIES_INSTANCE_UID)
@@ -303,12 +446,55 @@ def imaging_series_item(
     if number is not None:
         series["number"] = number
     series["modality"] = _modality_coding(modality)
-    description = text_value(series_json, SERIES_DESCRIPTION)
-    if description:
-        series["description"] = description
+    optional = {
+        "description": text_value(series_json, SERIES_DESCRIPTION),
+        "numberOfInstances": len(items),
+        "bodySite": series_body_site(series_json),
+        "laterality": series_laterality(series_json),
+        "started": series_started(series_json, timezone),
+        "performer": series_performers(series_json),
+    }
+    series.update((name, value) for name, value in optional.items() if value)
     series["numberOfInstances"] = len(items)
     series["instance"] = items
     return series
+
+
+def series_body_site(series_json: DicomJson) -> JsonDict | None:
+    """series.bodySite: Body Part Examined (0018,0015) as SNOMED CT where PS3.16
+    Annex L maps the defined term; other values give nothing."""
+    term = text_value(series_json, BODY_PART_EXAMINED).upper().replace(" ", "")
+    if term not in BODY_PARTS:
+        return None
+    code, display = BODY_PARTS[term]
+    return {"system": SNOMED_CT, "code": code, "display": display}
+
+
+def series_laterality(series_json: DicomJson) -> JsonDict | None:
+    """series.laterality: Laterality (0020,0060) R, L or B as SNOMED CT."""
+    value = text_value(series_json, LATERALITY_TAG).upper()
+    if value not in LATERALITY:
+        return None
+    code, display = LATERALITY[value]
+    return {"system": SNOMED_CT, "code": code, "display": display}
+
+
+def series_started(series_json: DicomJson, timezone: str | None) -> str | None:
+    """series.started from Series Date and Time (0008,0021/0031) and the study's
+    Timezone Offset From UTC, under the same rule as ImagingStudy.started."""
+    return _date_time(
+        first_value(series_json, SERIES_DATE),
+        first_value(series_json, SERIES_TIME),
+        timezone,
+    )
+
+
+def series_performers(series_json: DicomJson) -> list[JsonDict]:
+    """series.performer from Performing Physician's Name (0008,1050)."""
+    return [
+        {"actor": {"display": name}}
+        for name in person_displays(series_json, PERFORMING_PHYSICIAN_NAME)
+    ]
 
 
 def imaging_instance(instance_json: DicomJson) -> JsonDict:
@@ -328,7 +514,64 @@ def imaging_instance(instance_json: DicomJson) -> JsonDict:
     number = int_value(instance_json, INSTANCE_NUMBER)
     if number is not None:
         instance["number"] = number
+    title = instance_title(instance_json)
+    if title:
+        instance["title"] = title
     return instance
+
+
+def instance_title(instance_json: DicomJson) -> str | None:
+    """instance.title: Content Label (0070,0080), the meaning of the Concept Name
+    Code Sequence (0040,A043) of an SR or KOS, or Document Title (0042,0010)."""
+    label = text_value(instance_json, CONTENT_LABEL)
+    if label:
+        return label
+    concept = first_value(instance_json, CONCEPT_NAME_CODE_SEQUENCE)
+    if isinstance(concept, Mapping) and text_value(concept, CODE_MEANING):
+        return text_value(concept, CODE_MEANING)
+    return text_value(instance_json, DOCUMENT_TITLE) or None
+
+
+# Codes and people
+
+
+def codeable_concept(item: Any) -> JsonDict | None:
+    """A CodeableConcept from a Code Sequence item (PS3.3 Table 8.8-1a)."""
+    if not isinstance(item, Mapping):
+        return None
+    code = (
+        text_value(item, CODE_VALUE)
+        or text_value(item, LONG_CODE_VALUE)
+        or text_value(item, URN_CODE_VALUE)
+    )
+    meaning = text_value(item, CODE_MEANING)
+    scheme = text_value(item, CODING_SCHEME_DESIGNATOR).upper()
+    if not code:
+        return {"text": meaning} if meaning else None
+    coding: JsonDict = {}
+    system = _CODING_SCHEMES.get(scheme)
+    if system:
+        coding["system"] = system
+    coding["code"] = code
+    if meaning:
+        coding["display"] = meaning
+    concept: JsonDict = {"coding": [coding]}
+    if meaning:
+        concept["text"] = meaning
+    return concept
+
+
+def person_displays(dataset: DicomJson, tag: str) -> list[str]:
+    """Readable names ("given family") from a (multi-valued) PN attribute."""
+    names = []
+    for value in all_values(dataset, tag):
+        alphabetic = value.get("Alphabetic", "") if isinstance(value, Mapping) else ""
+        parts = [part.strip() for part in str(alphabetic).split("^")] + [""] * 5
+        family, given, middle, prefix, suffix = parts[:5]
+        name = " ".join(p for p in (prefix, given, middle, family, suffix) if p)
+        if name:
+            names.append(name)
+    return names
 
 
 # DICOM values
@@ -396,6 +639,16 @@ def int_value(dataset: DicomJson, tag: str) -> int | None:
         return None if value is None else int(str(value).strip())
     except ValueError:
         return None
+
+
+def _date_time(date_value: Any, time_value: Any, offset: str | None) -> str | None:
+    date = fhir_date(date_value)
+    if not date:
+        return None
+    time = fhir_time(time_value)
+    if len(date) < len("YYYY-MM-DD") or not time or not offset:
+        return date
+    return f"{date}T{time}{offset}"
 
 
 def _modality_coding(code: str) -> JsonDict:

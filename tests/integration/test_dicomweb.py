@@ -19,7 +19,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from shared_code.adapters.dicomweb import DicomWebArchive
+from shared_code.adapters.dicomweb import AUTH_RETRY_AFTER_SECONDS, DicomWebArchive
 from shared_code.errors import Quarantine, RetryLater
 
 
@@ -157,15 +157,16 @@ def test_unknown_study_is_empty_and_unknown_instance_is_not_found(archive):
     assert caught.value.reason == "dicom_not_found"
 
 
-def test_wrong_password_is_forbidden(trust_a):
+def test_wrong_password_is_retried_later_not_quarantined(trust_a):
+    # The data is fine and the credentials are an operator's to fix: retry, long after.
     archive = DicomWebArchive(
         trust_a["dicomweb_root"], username=trust_a["username"], password="wrong"
     )
 
-    with pytest.raises(Quarantine) as caught:
+    with pytest.raises(RetryLater) as caught:
         archive.search_studies()
 
-    assert caught.value.reason == "dicom_forbidden"
+    assert caught.value.retry_after == AUTH_RETRY_AFTER_SECONDS
 
 
 def test_bytes_that_are_not_dicom_never_reach_the_archive(trust_a):

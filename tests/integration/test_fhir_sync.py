@@ -8,10 +8,17 @@ tenant name, so runs do not see each other's resources in a long-lived server.
 from __future__ import annotations
 
 import http.server
+import json
 import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -22,11 +29,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from shared_code.adapters.fhir_http import FhirHttpStore
-from shared_code.config import TenantSettings
+from shared_code.adapters.state_sqlite import SqliteStateStore
+from shared_code.config import Settings, TenantSettings
 from shared_code.domain.dicom_events import IMAGE_CREATED, IMAGE_DELETED
 from shared_code.errors import Quarantine, RetryLater
 from shared_code.ports import DicomEvent, JsonDict, StoreOutcome
-from shared_code.services.fhir_sync import sync_study
+from shared_code.services.fhir_sync import SyncOutcome, sync_study
+from shared_code.services.study_events import handle_dicom_event
 
 PATIENT_SYSTEM = "https://fhir.nhs.uk/Id/local-patient-identifier"
 DICOMWEB_ROOT = "http://127.0.0.1:18042/dicom-web"
@@ -276,7 +285,12 @@ def test_syncing_a_study_twice_leaves_one_of_each_unchanged(
     assert len(endpoints) == 1
     assert patients[0]["meta"]["versionId"] == "1"
     assert endpoints[0]["meta"]["versionId"] == "1"
-    assert stored[0]["subject"] == {"reference": f"Patient/{patients[0]['id']}"}
+    assert stored[0]["subject"] == {
+        "reference": f"Patient/{patients[0]['id']}",
+        "identifier": {"system": PATIENT_SYSTEM, "value": patient_id},
+    }
+    assert first.writes == 3
+    assert second.writes == 0
     assert stored[0]["endpoint"] == [{"reference": f"Endpoint/{endpoints[0]['id']}"}]
     assert endpoints[0]["address"] == DICOMWEB_ROOT
 
@@ -449,9 +463,24 @@ def busy_server() -> Iterator[str]:
 
 
 def test_a_busy_server_is_retried_after_what_it_says(busy_server: str) -> None:
-    with pytest.raises(RetryLater) as caught:
-        FhirHttpStore(f"{busy_server}/fhir").search("Patient", {})
+    waits: list[float] = []
+    store = FhirHttpStore(f"{busy_server}/fhir", attempts=3, sleep=waits.append)
 
+    with pytest.raises(RetryLater) as caught:
+        store.search("Patient", {})
+
+    assert waits == [7, 7]
+    assert caught.value.retry_after == 7
+
+
+def test_a_wait_longer_than_max_wait_goes_back_to_the_bus(busy_server: str) -> None:
+    waits: list[float] = []
+    store = FhirHttpStore(f"{busy_server}/fhir", max_wait=5, sleep=waits.append)
+
+    with pytest.raises(RetryLater) as caught:
+        store.search("Patient", {})
+
+    assert waits == []
     assert caught.value.retry_after == 7
 
 
@@ -460,3 +489,328 @@ def test_a_forbidden_answer_is_quarantined(busy_server: str) -> None:
         FhirHttpStore(f"{busy_server}/forbidden").read("Patient", "x")
 
     assert caught.value.reason == "fhir_forbidden"
+
+
+# Events: duplicated, reordered, concurrent; If-Match races; tenants; restarts
+
+
+def _settings(*tenants: TenantSettings) -> Settings:
+    return Settings(
+        storage_connection="UseDevelopmentStorage=true",
+        storage_account_url="",
+        bus_kind="storage-queue",
+        servicebus_namespace="",
+        state_kind="sqlite",
+        sqlite_path="",
+        cosmos_endpoint="",
+        cosmos_database="",
+        auth_mode="local",
+        auth_issuer="",
+        auth_audience="api://test",
+        auth_jwks_url="",
+        auth_local_public_key_path="",
+        managed_identity_client_id="",
+        tenants={tenant.name: tenant for tenant in tenants},
+    )
+
+
+def _event_body(
+    ds: Dataset,
+    tenant: TenantSettings,
+    event_type: str = IMAGE_CREATED,
+    *,
+    seq: int = 1,
+    at: str = "",
+) -> JsonDict:
+    return {
+        "id": str(uuid.uuid4()),
+        "eventType": event_type,
+        "eventTime": at or datetime.now(UTC).isoformat(),
+        "dataVersion": "1",
+        "data": {
+            "partitionName": tenant.partition_name,
+            "imageStudyInstanceUid": ds.StudyInstanceUID,
+            "imageSeriesInstanceUid": ds.SeriesInstanceUID,
+            "imageSopInstanceUid": ds.SOPInstanceUID,
+            "serviceHostName": tenant.dicom_service_host,
+            "sequenceNumber": seq,
+        },
+    }
+
+
+@pytest.fixture()
+def state(tmp_path: Path) -> SqliteStateStore:
+    return SqliteStateStore(str(tmp_path / "state.sqlite3"))
+
+
+def _handle(
+    body: JsonDict,
+    tenant: TenantSettings,
+    archive: QidoArchive,
+    fhir: FhirHttpStore,
+    state: SqliteStateStore,
+) -> SyncOutcome | None:
+    return handle_dicom_event(
+        body,
+        settings=_settings(tenant),
+        archive_for=lambda name: archive,
+        fhir_for=lambda name: fhir,
+        state=state,
+    )
+
+
+def test_duplicated_and_reordered_events_give_the_archives_study(
+    fhir: FhirHttpStore,
+    tenant: TenantSettings,
+    patient_id: str,
+    state: SqliteStateStore,
+) -> None:
+    datasets = _new_study(patient_id)
+    archive = QidoArchive(list(datasets[:2]))
+    study_uid = datasets[0].StudyInstanceUID
+    created = [_event_body(ds, tenant, seq=n) for n, ds in enumerate(datasets, 1)]
+    # The MR instance is deleted again before any event is handled.
+    deleted = _event_body(datasets[2], tenant, IMAGE_DELETED, seq=4)
+
+    for body in (deleted, created[2], created[0], created[2], created[1], deleted):
+        _handle(body, tenant, archive, fhir, state)
+
+    (stored,) = _imaging_studies(fhir, study_uid)
+    assert _fhir_uids(stored) == _archive_uids(archive, study_uid)
+    assert (stored["numberOfSeries"], stored["numberOfInstances"]) == (1, 2)
+    # One create; the later events found it current.
+    assert stored["meta"]["versionId"] == "1"
+
+
+def test_deleting_the_last_instance_of_a_series_removes_the_series(
+    fhir: FhirHttpStore,
+    tenant: TenantSettings,
+    patient_id: str,
+    state: SqliteStateStore,
+) -> None:
+    datasets = _new_study(patient_id)
+    archive = QidoArchive(list(datasets))
+    _handle(_event_body(datasets[0], tenant), tenant, archive, fhir, state)
+
+    archive.datasets.remove(datasets[2])
+    outcome = _handle(
+        _event_body(datasets[2], tenant, IMAGE_DELETED, seq=2),
+        tenant,
+        archive,
+        fhir,
+        state,
+    )
+
+    (stored,) = _imaging_studies(fhir, datasets[0].StudyInstanceUID)
+    assert outcome is not None and outcome.writes == 1
+    assert [s["uid"] for s in stored["series"]] == [datasets[0].SeriesInstanceUID]
+    assert [m["code"] for m in stored["modality"]] == ["CT"]
+    assert stored["status"] == "available"
+
+
+def test_events_older_than_the_last_sync_are_coalesced(
+    fhir: FhirHttpStore,
+    tenant: TenantSettings,
+    patient_id: str,
+    state: SqliteStateStore,
+) -> None:
+    datasets = _new_study(patient_id)
+    archive = QidoArchive(list(datasets))
+    long_ago = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+
+    first = _handle(_event_body(datasets[0], tenant), tenant, archive, fhir, state)
+    later = [
+        _handle(_event_body(ds, tenant, at=long_ago), tenant, archive, fhir, state)
+        for ds in datasets
+    ]
+    # An event raised after the sync started is not covered by it.
+    fresh = _handle(_event_body(datasets[1], tenant), tenant, archive, fhir, state)
+
+    assert first is not None and first.writes == 3
+    assert later == [None, None, None]
+    assert fresh is not None and fresh.writes == 0
+
+
+def test_two_workers_on_the_same_queue_create_one_of_each(
+    fhir: FhirHttpStore,
+    tenant: TenantSettings,
+    patient_id: str,
+    state: SqliteStateStore,
+) -> None:
+    datasets = _new_study(patient_id)
+    archive = QidoArchive(list(datasets))
+    bodies = [_event_body(ds, tenant, seq=n) for n, ds in enumerate(datasets * 4)]
+    errors: list[BaseException] = []
+
+    def worker(share: list[JsonDict]) -> None:
+        for body in share:
+            try:
+                _handle(body, tenant, archive, fhir, state)
+            except BaseException as exc:  # reported by the assertion below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(bodies[i::2],)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    study_uid = datasets[0].StudyInstanceUID
+    (stored,) = _imaging_studies(fhir, study_uid)
+    assert _fhir_uids(stored) == _archive_uids(archive, study_uid)
+    patients = fhir.search("Patient", {"identifier": f"{PATIENT_SYSTEM}|{patient_id}"})
+    assert len(patients) == 1
+    assert stored["meta"]["versionId"] == "1"
+
+
+class _RacingFhir(FhirHttpStore):
+    """A FHIR store where another writer updates the ImagingStudy just before our
+    first update: our If-Match then names a version that is gone."""
+
+    raced = False
+
+    def update(self, resource: JsonDict, *, if_match: str) -> JsonDict:
+        if resource["resourceType"] == "ImagingStudy" and not self.raced:
+            self.raced = True
+            current = self.read("ImagingStudy", resource["id"])
+            assert current is not None
+            FhirHttpStore.update(
+                self, {**current, "description": "OTHER WRITER"}, if_match=if_match
+            )
+        return super().update(resource, if_match=if_match)
+
+
+def test_a_lost_if_match_race_rebuilds_instead_of_overwriting(
+    fhir_base_url: str, tenant: TenantSettings, patient_id: str
+) -> None:
+    datasets = _new_study(patient_id)
+    archive = QidoArchive(list(datasets[:2]))
+    racing = _RacingFhir(fhir_base_url)
+    sync_study(_event(datasets[0]), tenant, archive, racing)
+
+    archive.datasets.append(datasets[2])
+    outcome = sync_study(_event(datasets[2], seq=2), tenant, archive, racing)
+
+    (stored,) = _imaging_studies(racing, datasets[0].StudyInstanceUID)
+    assert racing.raced
+    # v1 ours, v2 the other writer, v3 ours rebuilt on top of it.
+    assert stored["meta"]["versionId"] == "3"
+    assert stored.get("description") != "OTHER WRITER"
+    assert outcome.instance_count == 3
+    assert _fhir_uids(stored) == _archive_uids(archive, datasets[0].StudyInstanceUID)
+
+
+def test_two_tenants_on_one_fhir_service_never_share_a_patient(
+    fhir: FhirHttpStore, tenant: TenantSettings, patient_id: str
+) -> None:
+    other = replace(tenant, name=f"{tenant.name}-b")
+    datasets = _new_study(patient_id)
+    archive = QidoArchive(list(datasets))
+
+    mine = sync_study(_event(datasets[0]), tenant, archive, fhir)
+    theirs = sync_study(_event(datasets[0]), other, archive, fhir)
+
+    studies = {s["id"]: s for s in _imaging_studies(fhir, datasets[0].StudyInstanceUID)}
+    patients = fhir.search("Patient", {"identifier": f"{PATIENT_SYSTEM}|{patient_id}"})
+    assert len(studies) == 2 and len(patients) == 2
+    assert mine.imaging_study_id != theirs.imaging_study_id
+    for outcome, name in ((mine, tenant.name), (theirs, other.name)):
+        assert outcome.imaging_study_id is not None
+        subject = studies[outcome.imaging_study_id]["subject"]["reference"]
+        patient = fhir.read("Patient", subject.split("/")[1])
+        assert patient is not None
+        assert patient["meta"]["tag"][0]["code"] == name
+
+
+# A FHIR server of our own, to stop and start
+
+
+class PrivateFhirServer:
+    """A sekmet-fhir on a free port with its data under ``directory``."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/fhir"
+        self.config = directory / "settings.json"
+        (directory / "data").mkdir(parents=True, exist_ok=True)
+        (directory / "keys").mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            json.dumps(
+                {
+                    "host": "127.0.0.1",
+                    "port": self.port,
+                    "base_url": self.base_url,
+                    "data_dir": str(directory / "data"),
+                    "db_path": str(directory / "data" / "sekmet.db"),
+                    "own_private_key_path": str(directory / "keys" / "key.pem"),
+                    "facility_name": "test",
+                    "log_inbound": False,
+                    "simulator": {"enabled": False},
+                    "validation": {"inbound": "strict"},
+                    "server_auth": {"types": ["none"]},
+                }
+            )
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = Path(sys.executable).parent / "sekmet"
+        self.process = subprocess.Popen(
+            [str(binary), "serve", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(300):
+            try:
+                if requests.get(f"{self.base_url}/metadata", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the private FHIR server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+            self.process = None
+
+
+@pytest.fixture()
+def private_fhir(tmp_path: Path) -> Iterator[PrivateFhirServer]:
+    server = PrivateFhirServer(tmp_path / "fhir")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_fhir_server_restarted_mid_run_loses_nothing(
+    private_fhir: PrivateFhirServer,
+    tenant: TenantSettings,
+    patient_id: str,
+    state: SqliteStateStore,
+) -> None:
+    fhir = FhirHttpStore(private_fhir.base_url, attempts=2, sleep=lambda s: None)
+    tenant = replace(tenant, fhir_base_url=private_fhir.base_url)
+    datasets = _new_study(patient_id)
+    archive = QidoArchive(list(datasets[:1]))
+    _handle(_event_body(datasets[0], tenant), tenant, archive, fhir, state)
+
+    private_fhir.stop()
+    archive.datasets.extend(datasets[1:])
+    failed = []
+    for n, ds in enumerate(datasets[1:], 2):
+        with pytest.raises(RetryLater):
+            _handle(_event_body(ds, tenant, seq=n), tenant, archive, fhir, state)
+        failed.append(_event_body(ds, tenant, seq=n))
+    private_fhir.start()
+    for body in failed:  # the bus delivers them again
+        _handle(body, tenant, archive, fhir, state)
+
+    study_uid = datasets[0].StudyInstanceUID
+    (stored,) = _imaging_studies(fhir, study_uid)
+    assert _fhir_uids(stored) == _archive_uids(archive, study_uid)
+    assert (stored["numberOfSeries"], stored["numberOfInstances"]) == (2, 3)

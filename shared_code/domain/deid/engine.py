@@ -38,7 +38,7 @@ from functools import lru_cache
 
 import pydicom
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, get_entry
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -88,6 +88,11 @@ _DUMMIES: dict[str, object] = {
 _TEXT_VRS = frozenset({"AE", "CS", "LO", "LT", "SH", "ST", "UC", "UT"})
 _FREE_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})
 _NUMBER_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
+# VRs whose raw bytes are emptied or mapped in place: explicit, not UN (which
+# pydicom would read as the dictionary VR) and not a sequence.
+_RAW_VRS = (
+    _TEXT_VRS | _NUMBER_VRS | {"PN", "UI", "DA", "DT", "TM", "AS", "IS", "DS"}
+) - {"UN"}
 _MIN_CUT = 3
 # Modalities and SOP classes whose pixels often carry burned-in text when Burned In
 # Annotation is absent: ultrasound, secondary and screen captures, angiography,
@@ -179,8 +184,9 @@ class _Run:
                 continue
             action, rule, is_sq = self.resolve(tag)
             if action == "K":
-                if is_sq or dataset.get_item(tag).VR == "SQ":
-                    self._sequence(dataset[tag], prefix, cleaning=cleaning)
+                held = dataset.get_item(tag)
+                if is_sq or held.VR == "SQ":
+                    self._kept_sequence(dataset, tag, held, prefix, cleaning)
                 elif cleaning:
                     self._clean_kept_text(dataset, tag, prefix)
                 continue
@@ -191,8 +197,24 @@ class _Run:
             elif action == "C":
                 action = self._clean(dataset[tag], prefix)
             else:
-                action = self._replace(dataset[tag], action, prefix)
+                fast = _replace_raw(dataset, tag, action, prefix, self.key)
+                action = fast or self._replace(dataset[tag], action, prefix)
             self.report.add(path, rule, action)
+
+    def _kept_sequence(
+        self,
+        dataset: pydicom.Dataset,
+        tag: BaseTag,
+        held: DataElement | RawDataElement,
+        prefix: str,
+        cleaning: bool,
+    ) -> None:
+        changes = len(self.report.entries)
+        self._sequence(dataset[tag], prefix, cleaning=cleaning)
+        if held.is_raw and len(self.report.entries) == changes:
+            # Nothing in it changed (every change is reported): the bytes as read
+            # are written back, which spares pydicom encoding each item again.
+            dataset[tag] = held
 
     def _replace(self, element: DataElement, action: str, prefix: str) -> str:
         vr = element.VR
@@ -339,6 +361,41 @@ class _Run:
             dataset.LongitudinalTemporalInformationModified = "MODIFIED"
         else:
             dataset.LongitudinalTemporalInformationModified = "REMOVED"
+
+
+def _replace_raw(
+    dataset: pydicom.Dataset, tag: BaseTag, action: str, prefix: str, key: bytes
+) -> str:
+    """Empty an element or map its UIDs on the raw bytes, without decoding the
+    value; "" when the element needs the decoded path (``_Run._replace``).
+
+    The bytes written are those pydicom would encode for the same value.
+    """
+    raw = dataset.get_item(tag)
+    if not isinstance(raw, RawDataElement) or raw.value is None:
+        return ""
+    # An implicit VR element takes the dictionary VR, as pydicom would give it.
+    vr = raw.VR or _dictionary_vr(tag)
+    if vr == "SQ" and action in ("Z", "D"):
+        dataset[tag] = raw._replace(VR=vr, value=b"", length=0)
+        return "Z"
+    if vr not in _RAW_VRS:
+        return ""
+    if action == "Z" and not (tag == _PATIENT_NAME and not prefix):
+        dataset[tag] = raw._replace(VR=vr, value=b"", length=0)
+        return "Z"
+    if action in ("U", "D", "U*") and vr == "UI":
+        text = raw.value.decode("latin-1").rstrip("\0 ")
+        if not text:
+            return "U"  # an empty UID stays empty
+        # One value maps as is; several map one by one, empty ones included.
+        uids = "\\".join(keyed_uid(uid, key) for uid in text.split("\\"))
+        value = uids.encode("ascii")
+        if len(value) % 2:
+            value += b"\0"
+        dataset[tag] = raw._replace(VR=vr, value=value, length=len(value))
+        return "U"
+    return ""
 
 
 _Resolver = Callable[[int], tuple[str, str, bool]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from shared_code.domain.dicom_events import (
     IMAGE_CREATED,
     IMAGE_DELETED,
     IMAGE_UPDATED,
+    event_time,
+    parse_change_feed_entry,
     parse_dicom_event,
 )
 from shared_code.errors import NotSupported, Quarantine
@@ -128,3 +131,54 @@ def test_given_a_sequence_number_as_text_then_it_is_an_integer() -> None:
     body["data"]["sequenceNumber"] = "12"
 
     assert parse_dicom_event(body).sequence_number == 12
+
+
+# Event time and the change feed
+
+
+def test_event_time_is_utc_with_seven_fraction_digits_accepted() -> None:
+    event = parse_dicom_event(_event())
+
+    assert event_time(event) == datetime(2025, 1, 9, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("value", [None, "", "yesterday", 5])
+def test_an_unreadable_event_time_is_none(value: Any) -> None:
+    body = _event()
+    body["eventTime"] = value
+
+    assert event_time(parse_dicom_event(body)) is None
+
+
+def test_a_change_feed_entry_names_its_study_and_action() -> None:
+    entry = {
+        "Sequence": 12,
+        "StudyInstanceUid": STUDY_UID,
+        "SeriesInstanceUid": SERIES_UID,
+        "SopInstanceUid": SOP_UID,
+        "Action": "Delete",
+        "Timestamp": "2025-01-09T12:00:00Z",
+        "State": "Deleted",
+    }
+
+    change = parse_change_feed_entry(entry)
+
+    assert (change.study_instance_uid, change.action, change.sequence) == (
+        STUDY_UID,
+        "delete",
+        12,
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("StudyInstanceUid", "1.2.x"), ("Action", "Move"), ("Sequence", "12")],
+)
+def test_a_malformed_change_is_named(field: str, value: Any) -> None:
+    entry = {"Sequence": 1, "StudyInstanceUid": STUDY_UID, "Action": "Create"}
+    entry[field] = value
+
+    with pytest.raises(Quarantine) as caught:
+        parse_change_feed_entry(entry)
+
+    assert caught.value.reason == "malformed_change"

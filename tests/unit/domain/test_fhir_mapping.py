@@ -394,3 +394,190 @@ def test_fhir_time(value: str, expected: str | None) -> None:
 )
 def test_fhir_timezone(value: str, expected: str | None) -> None:
     assert fm.fhir_timezone(value) == expected
+
+
+# The elements added for the complete R4 mapping
+
+
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
+        value,
+        scheme,
+        meaning,
+    )
+    return item
+
+
+def full_study() -> tuple[JsonDict, list[JsonDict], dict[str, list[JsonDict]]]:
+    """The study with every attribute the mapping reads."""
+    datasets = study_datasets()
+    for ds in datasets:
+        ds.StudyID = "S42"
+        ds.ReferringPhysicianName = "WHO^JOHN^^DR"
+        ds.NameOfPhysiciansReadingStudy = ["READ^ANNA", "READ^BOB"]
+        ds.ProcedureCodeSequence = [_code_item("RPID17", "RADLEX", "CT Chest")]
+        ds.ReasonForRequestedProcedureCodeSequence = [
+            _code_item("49727002", "SCT", "Cough")
+        ]
+        ds.BodyPartExamined = "CHEST"
+        ds.Laterality = "R"
+        ds.SeriesDate, ds.SeriesTime = "20040119", "073000"
+        ds.PerformingPhysicianName = "DOE^JANE"
+        ds.ContentLabel = "KEY IMAGE"
+    study_keywords = (
+        *STUDY_KEYWORDS,
+        "StudyID",
+        "ReferringPhysicianName",
+        "NameOfPhysiciansReadingStudy",
+        "ProcedureCodeSequence",
+        "ReasonForRequestedProcedureCodeSequence",
+    )
+    series_keywords = (
+        *SERIES_KEYWORDS,
+        "BodyPartExamined",
+        "Laterality",
+        "SeriesDate",
+        "SeriesTime",
+        "PerformingPhysicianName",
+    )
+    study = dicom_json(datasets[0], study_keywords)
+    series: dict[str, JsonDict] = {}
+    instances: dict[str, list[JsonDict]] = {}
+    for ds in datasets:
+        series.setdefault(ds.SeriesInstanceUID, dicom_json(ds, series_keywords))
+        instances.setdefault(ds.SeriesInstanceUID, []).append(
+            dicom_json(ds, (*INSTANCE_KEYWORDS, "ContentLabel"))
+        )
+    return study, list(series.values()), instances
+
+
+def test_every_study_element_of_the_mapping_is_filled() -> None:
+    study_json, series, instances = full_study()
+
+    study = fm.build_imaging_study(
+        study_json,
+        series,
+        instances,
+        "Patient/p",
+        "Endpoint/e",
+        patient_identifier={"system": PATIENT_SYSTEM, "value": "TEST0001"},
+        tenant="trust-a",
+    )
+
+    ImagingStudy.model_validate(study)
+    assert study["meta"] == {
+        "tag": [{"system": "urn:dicom-exchange:tenant", "code": "trust-a"}]
+    }
+    assert study["subject"]["identifier"]["value"] == "TEST0001"
+    assert study["identifier"][-1]["value"] == "S42"
+    assert study["basedOn"] == [
+        {"type": "ServiceRequest", "identifier": fm.accession_identifier(study_json)}
+    ]
+    assert study["referrer"] == {"display": "DR JOHN WHO"}
+    assert study["interpreter"] == [{"display": "ANNA READ"}, {"display": "BOB READ"}]
+    assert study["procedureCode"] == [
+        {
+            "coding": [
+                {"system": "http://radlex.org", "code": "RPID17", "display": "CT Chest"}
+            ],
+            "text": "CT Chest",
+        }
+    ]
+    assert study["reasonCode"][0]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "49727002",
+        "display": "Cough",
+    }
+    ct = study["series"][0]
+    assert ct["bodySite"] == {
+        "system": "http://snomed.info/sct",
+        "code": "51185008",
+        "display": "Chest",
+    }
+    assert ct["laterality"]["code"] == "24028007"
+    assert ct["started"] == "2004-01-19T07:30:00-05:00"
+    assert ct["performer"] == [{"actor": {"display": "JANE DOE"}}]
+    assert ct["instance"][0]["title"] == "KEY IMAGE"
+
+
+@pytest.mark.parametrize(
+    ("term", "code"),
+    [("CHEST", "51185008"), ("cspine", "122494005"), ("KIDNEYS?", None), ("", None)],
+)
+def test_body_site_only_for_terms_the_standard_maps(
+    term: str, code: str | None
+) -> None:
+    series = {"00180015": {"vr": "CS", "Value": [term]}} if term else {}
+
+    site = fm.series_body_site(series)
+
+    assert (site or {}).get("code") == code
+
+
+@pytest.mark.parametrize(
+    ("value", "code"), [("R", "24028007"), ("L", "7771000"), ("B", "51440002")]
+)
+def test_laterality_as_snomed(value: str, code: str) -> None:
+    laterality = fm.series_laterality({"00200060": {"vr": "CS", "Value": [value]}})
+
+    assert laterality is not None and laterality["code"] == code
+
+
+def test_unpaired_laterality_gives_nothing() -> None:
+    assert fm.series_laterality({"00200060": {"vr": "CS", "Value": ["U"]}}) is None
+
+
+def test_reason_text_from_the_request_attributes_sequence() -> None:
+    request = Dataset()
+    request.ReasonForTheRequestedProcedure = "Query fracture"
+    ds = Dataset()
+    ds.RequestAttributesSequence = [request]
+
+    assert fm.study_reason_codes(ds.to_json_dict()) == [{"text": "Query fracture"}]
+
+
+def test_instance_title_from_the_sr_concept_name() -> None:
+    ds = Dataset()
+    ds.ConceptNameCodeSequence = [_code_item("18748-4", "LN", "Diagnostic Imaging")]
+
+    assert fm.instance_title(ds.to_json_dict()) == "Diagnostic Imaging"
+
+
+@pytest.mark.parametrize(
+    ("configured", "qualifier", "issuer", "expected"),
+    [
+        ("https://trust/Id", "2.16.840.1", "RIS", "https://trust/Id"),
+        ("", "2.16.840.1", "RIS", "urn:oid:2.16.840.1"),
+        ("", "", "PAS A", "urn:tenant:patient-id:PAS%20A"),
+        ("", "", "", "urn:tenant:patient-id"),
+    ],
+)
+def test_patient_identifier_system(
+    configured: str, qualifier: str, issuer: str, expected: str
+) -> None:
+    ds = Dataset()
+    if issuer:
+        ds.IssuerOfPatientID = issuer
+    if qualifier:
+        item = Dataset()
+        item.UniversalEntityID, item.UniversalEntityIDType = qualifier, "ISO"
+        ds.IssuerOfPatientIDQualifiersSequence = [item]
+
+    system = fm.patient_identifier_system(
+        ds.to_json_dict(), configured, "urn:tenant:patient-id"
+    )
+
+    assert system == expected
+
+
+def test_study_id_is_a_secondary_local_identifier() -> None:
+    ds = Dataset()
+    ds.StudyID = "S42"
+
+    assert fm.study_id_identifier(ds.to_json_dict()) == {
+        "use": "secondary",
+        "type": {"text": "Study ID"},
+        "system": "urn:dicom-exchange:study-id",
+        "value": "S42",
+    }

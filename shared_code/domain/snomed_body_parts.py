@@ -1,0 +1,103 @@
+"""Body Part Examined (0018,0015) defined terms and the SNOMED CT concepts they stand
+for, after PS3.16 Annex L (the correspondence of CID 4031 Common Anatomic Regions to
+the legacy defined terms), and the SNOMED CT laterality qualifiers of CID 244.
+
+Only terms the standard maps are here; any other value (free text, local terms)
+gives no bodySite rather than a guessed one.
+"""
+
+from __future__ import annotations
+
+SNOMED_CT = "http://snomed.info/sct"
+
+# Defined term: (SNOMED CT concept id, display).
+BODY_PARTS: dict[str, tuple[str, str]] = {
+    "ABDOMEN": ("818981001", "Abdomen"),
+    "ABDOMENPELVIS": ("416949008", "Abdomen and Pelvis"),
+    "ACJOINT": ("85856004", "Acromioclavicular joint"),
+    "ANKLE": ("70258002", "Ankle joint"),
+    "ARM": ("40983000", "Upper arm"),
+    "BLADDER": ("89837001", "Bladder"),
+    "BREAST": ("76752008", "Breast"),
+    "BRONCHUS": ("955009", "Bronchus"),
+    "CALCANEUS": ("80144004", "Calcaneus"),
+    "CHEST": ("51185008", "Chest"),
+    "CHESTABDOMEN": ("416550000", "Chest and Abdomen"),
+    "CHESTABDPELVIS": ("416775004", "Chest, Abdomen and Pelvis"),
+    "CLAVICLE": ("51299004", "Clavicle"),
+    "COCCYX": ("64688005", "Coccyx"),
+    "COLON": ("71854001", "Colon"),
+    "CSPINE": ("122494005", "Cervical spine"),
+    "CTSPINE": ("297171002", "Cervico-thoracic spine"),
+    "DUODENUM": ("38848004", "Duodenum"),
+    "ELBOW": ("16953009", "Elbow joint"),
+    "ESOPHAGUS": ("32849002", "Esophagus"),
+    "EXTREMITY": ("66019005", "Extremity"),
+    "EYE": ("81745001", "Eye"),
+    "FEMUR": ("71341001", "Femur"),
+    "FIBULA": ("87342007", "Fibula"),
+    "FINGER": ("7569003", "Finger"),
+    "FOOT": ("56459004", "Foot"),
+    "FOREARM": ("14975008", "Forearm"),
+    "GALLBLADDER": ("28231008", "Gallbladder"),
+    "HAND": ("85562004", "Hand"),
+    "HEAD": ("69536005", "Head"),
+    "HEADNECK": ("774007", "Head and Neck"),
+    "HEART": ("80891009", "Heart"),
+    "HIP": ("29836001", "Hip joint"),
+    "HUMERUS": ("85050009", "Humerus"),
+    "IAC": ("361078006", "Internal Auditory Canal"),
+    "ILEUM": ("34516001", "Ileum"),
+    "ILIUM": ("22356005", "Ilium"),
+    "JAW": ("661005", "Jaw region"),
+    "JEJUNUM": ("21306003", "Jejunum"),
+    "KNEE": ("72696002", "Knee"),
+    "LARYNX": ("4596009", "Larynx"),
+    "LEG": ("30021000", "Lower leg"),
+    "LSPINE": ("122496007", "Lumbar spine"),
+    "LSSPINE": ("297173004", "Lumbo-sacral spine"),
+    "MANDIBLE": ("91609006", "Mandible"),
+    "MASTOID": ("59066005", "Mastoid bone"),
+    "MAXILLA": ("70925003", "Maxilla"),
+    "MEDIASTINUM": ("72410000", "Mediastinum"),
+    "NECK": ("45048000", "Neck"),
+    "NECKCHEST": ("417437006", "Neck and Chest"),
+    "NECKCHESTABDOMEN": ("416152001", "Neck, Chest and Abdomen"),
+    "NECKCHESTABDPELV": ("416319003", "Neck, Chest, Abdomen and Pelvis"),
+    "ORBIT": ("363654007", "Orbital structure"),
+    "PAROTID": ("45289007", "Parotid gland"),
+    "PATELLA": ("64234005", "Patella"),
+    "PELVIS": ("12921003", "Pelvis"),
+    "PROSTATE": ("41216001", "Prostate"),
+    "RECTUM": ("34402009", "Rectum"),
+    "RIB": ("113197003", "Rib"),
+    "SACRUM": ("54735007", "Sacrum"),
+    "SCAPULA": ("79601000", "Scapula"),
+    "SCJOINT": ("7844006", "Sternoclavicular joint"),
+    "SELLA": ("42575006", "Sella turcica"),
+    "SHOULDER": ("16982005", "Shoulder"),
+    "SIJOINT": ("39723000", "Sacroiliac joint"),
+    "SKULL": ("89546000", "Skull"),
+    "SPINE": ("421060004", "Spine"),
+    "STERNUM": ("56873002", "Sternum"),
+    "STOMACH": ("69695003", "Stomach"),
+    "THIGH": ("68367000", "Thigh"),
+    "THUMB": ("76505004", "Thumb"),
+    "TLSPINE": ("297172009", "Thoraco-lumbar spine"),
+    "TMJ": ("53620006", "Temporomandibular joint"),
+    "TOE": ("29707007", "Toe"),
+    "TRACHEA": ("44567001", "Trachea"),
+    "TSPINE": ("122495006", "Thoracic spine"),
+    "URETER": ("87953007", "Ureter"),
+    "URETHRA": ("13648007", "Urethra"),
+    "WHOLEBODY": ("38266002", "Entire body"),
+    "WRIST": ("74670003", "Wrist joint"),
+    "ZYGOMA": ("13881006", "Zygoma"),
+}
+
+# Laterality (0020,0060) enumerated values; U (unpaired) has no qualifier.
+LATERALITY: dict[str, tuple[str, str]] = {
+    "R": ("24028007", "Right"),
+    "L": ("7771000", "Left"),
+    "B": ("51440002", "Right and left"),
+}
