@@ -34,6 +34,9 @@ from shared_code.ports import JsonDict
 
 _log = logging.getLogger(__name__)
 
+# An authorisation failure is an operator's to fix; look again after this long.
+AUTH_RETRY_AFTER_SECONDS = 300.0
+
 FHIR_JSON = "application/fhir+json"
 # Bundle pages followed by one search; a server looping on its next link is a bug
 # we stop on rather than follow forever.
@@ -252,10 +255,15 @@ def _error_for(method: str, response: requests.Response) -> Exception:
     if status == 412:
         return Quarantine("fhir_multiple_matches", f"{what}: {_diagnostics(response)}")
     if status in (401, 403):
-        # Not RetryLater: a missing role assignment or a wrong audience does not
-        # heal by itself, and retrying would only burn the delivery budget. The
-        # item is set aside with a reason an operator can act on, then replayed.
-        return Quarantine("fhir_forbidden", f"{what}: check the identity's role")
+        # The resource is fine; our identity or its role is not (an expired token,
+        # a role assignment still propagating). Retry long after, as the DICOMweb
+        # adapter does; if nobody fixes it the event is dead-lettered with this
+        # reason, and the reconcile timer heals the study once it is fixed.
+        _log.error("fhir_unauthorised", extra={"status": status})
+        return RetryLater(
+            f"{what}: answered {status}; check the identity's role",
+            retry_after=AUTH_RETRY_AFTER_SECONDS,
+        )
     if status == 409:
         # A concurrent write to the same resource (version conflict): retry.
         return RetryLater(what)

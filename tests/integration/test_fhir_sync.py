@@ -28,7 +28,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from shared_code.adapters.fhir_http import FhirHttpStore
+from shared_code.adapters.fhir_http import AUTH_RETRY_AFTER_SECONDS, FhirHttpStore
 from shared_code.adapters.state_sqlite import SqliteStateStore
 from shared_code.config import Settings, TenantSettings
 from shared_code.domain.dicom_events import IMAGE_CREATED, IMAGE_DELETED
@@ -484,11 +484,11 @@ def test_a_wait_longer_than_max_wait_goes_back_to_the_bus(busy_server: str) -> N
     assert caught.value.retry_after == 7
 
 
-def test_a_forbidden_answer_is_quarantined(busy_server: str) -> None:
-    with pytest.raises(Quarantine) as caught:
+def test_a_forbidden_answer_is_retried_long_after(busy_server: str) -> None:
+    with pytest.raises(RetryLater) as caught:
         FhirHttpStore(f"{busy_server}/forbidden").read("Patient", "x")
 
-    assert caught.value.reason == "fhir_forbidden"
+    assert caught.value.retry_after == AUTH_RETRY_AFTER_SECONDS
 
 
 # Events: duplicated, reordered, concurrent; If-Match races; tenants; restarts
