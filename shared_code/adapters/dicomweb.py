@@ -35,7 +35,6 @@ archive use case's state record and its byte comparison are the guard for that.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import uuid
@@ -49,6 +48,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 
 from shared_code.domain.dicom_events import parse_change_feed_entry
+from shared_code.domain.redact import uid_hash
 from shared_code.errors import Quarantine, RetryLater
 from shared_code.ports import ArchiveChange, ChangePage, JsonDict, StoreOutcome
 
@@ -371,11 +371,6 @@ class DicomWebArchive:
             results.extend(page)
             if len(page) < self._page_size:
                 return results
-
-
-def uid_hash(uid: str) -> str:
-    """A UID as it may appear in logs: the first 12 hex chars of its sha256."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
 def _instance_uids(part10: bytes) -> tuple[str, str, str]:

@@ -36,7 +36,6 @@ UIDs by a short hash.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import re
@@ -54,6 +53,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.uid import RE_VALID_UID, UID
 
 from shared_code.config import Limits
+from shared_code.domain.redact import uid_hash
 from shared_code.errors import NotSupported, Quarantine
 
 _log = logging.getLogger(__name__)
@@ -212,8 +212,8 @@ def parse_instance(name: str, data: bytes, limits: Limits) -> ParsedInstance:
     _check_file_meta(dataset, identifiers["SOPInstanceUID"])
     _log.debug(
         "parsed instance sop=%s member=%s",
-        _uid_hash(identifiers["SOPInstanceUID"]),
-        hashlib.sha256(name.encode()).hexdigest()[:12],
+        uid_hash(identifiers["SOPInstanceUID"]),
+        uid_hash(name),
     )
     return ParsedInstance(
         dataset=dataset,
@@ -471,7 +471,7 @@ def _identifiers(dataset: pydicom.Dataset) -> dict[str, str]:
         # not UID(...).is_valid: constructing a UID warns about the bad value
         if len(uid) > _MAX_UID or not RE_VALID_UID.match(uid):
             raise Quarantine(
-                "invalid_uid", f"{keyword} is not a valid UID ({_uid_hash(uid)})"
+                "invalid_uid", f"{keyword} is not a valid UID ({uid_hash(uid)})"
             )
     return identifiers
 
@@ -485,12 +485,8 @@ def _check_file_meta(dataset: pydicom.Dataset, sop_instance_uid: str) -> None:
     elif media_uid != sop_instance_uid:
         raise Quarantine(
             "sop_instance_uid_mismatch",
-            f"MediaStorageSOPInstanceUID {_uid_hash(media_uid)} != "
-            f"SOPInstanceUID {_uid_hash(sop_instance_uid)}",
+            f"MediaStorageSOPInstanceUID {uid_hash(media_uid)} != "
+            f"SOPInstanceUID {uid_hash(sop_instance_uid)}",
         )
     if not file_meta.get("MediaStorageSOPClassUID"):
         file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-
-
-def _uid_hash(uid: str) -> str:
-    return hashlib.sha256(uid.encode()).hexdigest()[:12]

@@ -21,6 +21,7 @@ from typing import Any
 from shared_code.config import Settings, TenantSettings
 from shared_code.domain import deid
 from shared_code.domain.dicom_input import ParsedInstance, parse_instance, to_part10
+from shared_code.domain.redact import uid_hash
 from shared_code.errors import InstanceConflict, Quarantine
 from shared_code.ports import BlobStore, DicomArchive, StateStore
 from shared_code.services import audit
@@ -143,7 +144,7 @@ def archive_instance(
         extra={
             "tenant": tenant_name,
             "outcome": outcome,
-            "sop_uid_hash": _uid_hash(prepared.sop_instance_uid),
+            "sop_uid_hash": uid_hash(prepared.sop_instance_uid),
         },
     )
     return ArchiveOutcome(
@@ -284,7 +285,3 @@ def _set_aside(
         )
         blobs.delete(settings.instances_container, blob)
     return ArchiveOutcome(tenant, "quarantined", reason=error.reason)
-
-
-def _uid_hash(uid: str) -> str:
-    return hashlib.sha256(uid.encode()).hexdigest()[:12]

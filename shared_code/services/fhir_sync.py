@@ -33,7 +33,6 @@ for audit, with status ``cancelled``, no series and zero counts; it comes back t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -41,6 +40,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 
 from shared_code.config import TenantSettings
 from shared_code.domain import fhir_mapping
+from shared_code.domain.redact import uid_hash
 from shared_code.errors import PreconditionFailed, Quarantine, RetryLater
 from shared_code.ports import DicomArchive, DicomEvent, FhirStore, JsonDict
 
@@ -113,11 +113,6 @@ def imaging_study_search(study_uid: str) -> str:
     """The search that finds the ImagingStudy of a study."""
     identifier = fhir_mapping.study_uid_identifier(study_uid)
     return _token_search("identifier", identifier["system"], identifier["value"])
-
-
-def uid_hash(uid: str) -> str:
-    """A UID as it may appear in logs: the first 12 hex digits of its SHA-256."""
-    return hashlib.sha256(uid.encode()).hexdigest()[:12]
 
 
 def _sync_once(

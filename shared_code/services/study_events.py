@@ -17,10 +17,11 @@ from typing import Any
 
 from shared_code.config import Settings, SettingsError, TenantSettings
 from shared_code.domain.dicom_events import event_time, parse_dicom_event, parse_time
+from shared_code.domain.redact import uid_hash
 from shared_code.errors import Quarantine
 from shared_code.ports import DicomArchive, FhirStore, StateStore
 from shared_code.services import audit
-from shared_code.services.fhir_sync import SyncOutcome, sync_study_uid, uid_hash
+from shared_code.services.fhir_sync import SyncOutcome, sync_study_uid
 from shared_code.services.locks import lease
 
 _log = logging.getLogger(__name__)
