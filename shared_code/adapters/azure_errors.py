@@ -39,8 +39,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 
 from azure.core.exceptions import (
     AzureError,
@@ -61,6 +59,7 @@ from azure.servicebus.exceptions import (
     ServiceBusError,
 )
 
+from shared_code.adapters.retry_after import retry_after_seconds
 from shared_code.errors import (
     AlreadyExists,
     ExchangeError,
@@ -122,30 +121,6 @@ def translate(
     if status == 413:
         return Quarantine("too_large", f"{what}: request body too large")
     return Quarantine("rejected_by_service", f"{what}: {status} {_code(exc)}")
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait, from ``x-ms-retry-after-ms``, ``retry-after-ms`` or
-    ``Retry-After`` (seconds or an HTTP date); ``None`` when the service said none."""
-    lowered = {key.lower(): value for key, value in headers.items()}
-    for name in ("x-ms-retry-after-ms", "retry-after-ms"):
-        if name in lowered:
-            try:
-                return max(float(lowered[name]) / 1000.0, 0.0)
-            except ValueError:
-                pass
-    value = lowered.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
 def _translate_service_bus(exc: ServiceBusError, what: str) -> ExchangeError:

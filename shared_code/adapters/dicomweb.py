@@ -40,13 +40,13 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from shared_code.adapters.retry_after import retry_after_seconds
 from shared_code.domain.dicom_events import parse_change_feed_entry
 from shared_code.domain.redact import uid_hash
 from shared_code.errors import Quarantine, RetryLater
@@ -500,15 +500,4 @@ def _raise_for_status(response: requests.Response, action: str) -> None:
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return retry_after_seconds(response.headers)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urljoin
 
@@ -29,6 +27,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from shared_code.adapters.retry_after import retry_after_seconds
 from shared_code.errors import PreconditionFailed, Quarantine, RetryLater
 from shared_code.ports import JsonDict
 
@@ -271,19 +270,7 @@ def _error_for(method: str, response: requests.Response) -> Exception:
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    """Seconds from Retry-After, given as delta-seconds or an HTTP date."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return retry_after_seconds(response.headers)
 
 
 def _diagnostics(response: requests.Response) -> str:
