@@ -31,6 +31,7 @@ How each action is carried out:
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Callable
@@ -39,6 +40,9 @@ from functools import lru_cache
 import pydicom
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, get_entry
 from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -94,6 +98,31 @@ _RAW_VRS = (
     _TEXT_VRS | _NUMBER_VRS | {"PN", "UI", "DA", "DT", "TM", "AS", "IS", "DS"}
 ) - {"UN"}
 _MIN_CUT = 3
+_PRIVATE_BIT = 0x10000  # odd groups are private
+_PEEK_VRS = frozenset({None, "UN", "CS", "UI", "LO"})
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    """ASCII text padded to an even length, as DICOM encodes it."""
+    value = text.encode("ascii")
+    return value + pad * (len(value) % 2)
+
+
+# The dummies of _write_dummy as pydicom encodes them, for the VRs that are text.
+_RAW_DUMMIES: dict[str, bytes] = {
+    vr: _padded(text, b" ")
+    for vr, text in [
+        *((vr, _DUMMY_TEXT) for vr in _TEXT_VRS),
+        *((vr, dummy) for vr, dummy in _DUMMIES.items() if isinstance(dummy, str)),
+    ]
+}
+_IMPLEMENTATION = tuple(
+    RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
+    for tag, vr, value in [
+        (0x00020012, "UI", _padded(PYDICOM_IMPLEMENTATION_UID, b"\0")),
+        (0x00020013, "SH", _padded(_IMPLEMENTATION_VERSION, b" ")),
+    ]
+)
 # Modalities and SOP classes whose pixels often carry burned-in text when Burned In
 # Annotation is absent: ultrasound, secondary and screen captures, angiography,
 # other, and dose reports.
@@ -132,15 +161,15 @@ def deidentify(
 
 def burned_in_risk(dataset: pydicom.Dataset) -> str:
     """Why the instance's pixels may carry burned-in text, or "" when not known to."""
-    burned_in = str(dataset.get("BurnedInAnnotation", "") or "").strip().upper()
+    burned_in = str(_peek(dataset, 0x00280301) or "").strip().upper()
     if burned_in == "YES":
         return "Burned In Annotation is YES"
     if burned_in:
         return ""
-    modality = str(dataset.get("Modality", "") or "").strip().upper()
+    modality = str(_peek(dataset, 0x00080060) or "").strip().upper()
     if modality in _BURNED_IN_MODALITIES:
         return f"Burned In Annotation absent on modality {modality}"
-    sop_class = str(dataset.get("SOPClassUID", "") or "")
+    sop_class = str(_peek(dataset, 0x00080016) or "")
     if sop_class.startswith(_BURNED_IN_SOP_CLASS_PREFIXES):
         return "Burned In Annotation absent on a capture or dose report SOP class"
     return ""
@@ -161,7 +190,7 @@ class _Run:
         self.policy = policy
         self.report = report
         self.resolve = _resolver(policy)
-        patient_id = str(dataset.get("PatientID", "") or "")
+        patient_id = str(_peek(dataset, _PATIENT_ID) or "")
         self.patient_id = patient_id
         self.shift_days = date_shift_days(patient_id, key)
         self._cuts: re.Pattern[str] | None = None
@@ -176,15 +205,16 @@ class _Run:
         self._record()
 
     def _items(self, dataset: pydicom.Dataset, prefix: str, *, cleaning: bool) -> None:
-        private = [tag for tag in _tags(dataset) if tag.group & 1]
+        # items() gives the elements as held, raw ones not decoded.
+        elements = list(dataset.items())
+        private = [tag for tag, _ in elements if tag & _PRIVATE_BIT]
         if private:
             self._private(dataset, private, prefix)
-        for tag in _tags(dataset):
-            if tag.group & 1:
+        for tag, held in elements:
+            if tag & _PRIVATE_BIT:
                 continue
             action, rule, is_sq = self.resolve(tag)
             if action == "K":
-                held = dataset.get_item(tag)
                 if is_sq or held.VR == "SQ":
                     self._kept_sequence(dataset, tag, held, prefix, cleaning)
                 elif cleaning:
@@ -197,7 +227,7 @@ class _Run:
             elif action == "C":
                 action = self._clean(dataset[tag], prefix)
             else:
-                fast = _replace_raw(dataset, tag, action, prefix, self.key)
+                fast = _replace_raw(dataset, held, action, prefix, self)
                 action = fast or self._replace(dataset[tag], action, prefix)
             self.report.add(path, rule, action)
 
@@ -328,52 +358,87 @@ class _Run:
             if tag in file_meta:
                 del file_meta[tag]
                 self.report.add(_tag_text(tag), "file-meta", "X")
-        for tag in _tags(file_meta):
+        for tag, held in list(file_meta.items()):
             action, rule, _ = self.resolve(tag)
             if action == "U":
-                self._map_uids(file_meta[tag])
+                if not _replace_raw(file_meta, held, action, "", self):
+                    self._map_uids(file_meta[tag])
                 self.report.add(_tag_text(tag), rule, "U")
         # We write the new file, so the implementation named is ours; the original
         # one's UID can equal an Instance Creator UID the profile replaces.
-        file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        file_meta.ImplementationVersionName = _IMPLEMENTATION_VERSION
+        for element in _IMPLEMENTATION:
+            file_meta[element.tag] = element
 
     def _record(self) -> None:
-        dataset, options = self.dataset, sorted(self.policy.options)
-        dataset.PatientIdentityRemoved = "YES"
-        method = [f"DICOM Exchange PS3.15 E.1-1 {table.EDITION}"]
-        if self.report.burned_in_risk:
-            method.append(_FLAG_TEXT)
-        dataset.DeidentificationMethod = method if len(method) > 1 else method[0]
-        codes = []
-        # Pixels are never cleaned here, so the pixel options are never claimed.
-        for code in [BASIC_PROFILE, *options]:
-            if code in ("113101", "113102"):
-                continue
-            item = pydicom.Dataset()
-            item.CodeValue, item.CodingSchemeDesignator = code, "DCM"
-            item.CodeMeaning = CODE_MEANINGS[code]
-            codes.append(item)
-        dataset.DeidentificationMethodCodeSequence = Sequence(codes)
-        if RETAIN_LONGITUDINAL_FULL_DATES in options:
-            dataset.LongitudinalTemporalInformationModified = "UNMODIFIED"
-        elif RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
-            dataset.LongitudinalTemporalInformationModified = "MODIFIED"
-        else:
-            dataset.LongitudinalTemporalInformationModified = "REMOVED"
+        dataset, options = self.dataset, tuple(sorted(self.policy.options))
+        implicit_vr, little_endian = dataset.original_encoding
+        if implicit_vr is None or little_endian is None:
+            _record(dataset, options, self.report.burned_in_risk)
+            return
+        # Encoded once per policy and encoding: building the code items anew for
+        # each instance costs more than all the rest of the record.
+        flagged = self.report.burned_in_risk
+        for element in _encoded_record(options, flagged, implicit_vr, little_endian):
+            dataset[element.tag] = element
+
+
+@lru_cache(maxsize=64)
+def _encoded_record(
+    options: tuple[str, ...], flagged: bool, implicit_vr: bool, little_endian: bool
+) -> tuple[RawDataElement, ...]:
+    """The record's elements as raw elements in the given encoding."""
+    record = pydicom.Dataset()
+    _record(record, options, flagged)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = implicit_vr, little_endian
+    write_dataset(buffer, record)
+    encoded = read_dataset(io.BytesIO(buffer.getvalue()), implicit_vr, little_endian)
+    return tuple(
+        element for _, element in encoded.items() if isinstance(element, RawDataElement)
+    )
+
+
+def _record(dataset: pydicom.Dataset, options: tuple[str, ...], flagged: bool) -> None:
+    """Record what was done, in the attributes PS3.15 E.1.1 names."""
+    dataset.PatientIdentityRemoved = "YES"
+    method = [f"DICOM Exchange PS3.15 E.1-1 {table.EDITION}"]
+    if flagged:
+        method.append(_FLAG_TEXT)
+    dataset.DeidentificationMethod = method if len(method) > 1 else method[0]
+    codes = []
+    # Pixels are never cleaned here, so the pixel options are never claimed.
+    for code in [BASIC_PROFILE, *options]:
+        if code in ("113101", "113102"):
+            continue
+        item = pydicom.Dataset()
+        item.CodeValue, item.CodingSchemeDesignator = code, "DCM"
+        item.CodeMeaning = CODE_MEANINGS[code]
+        codes.append(item)
+    dataset.DeidentificationMethodCodeSequence = Sequence(codes)
+    if RETAIN_LONGITUDINAL_FULL_DATES in options:
+        dataset.LongitudinalTemporalInformationModified = "UNMODIFIED"
+    elif RETAIN_LONGITUDINAL_MODIFIED_DATES in options:
+        dataset.LongitudinalTemporalInformationModified = "MODIFIED"
+    else:
+        dataset.LongitudinalTemporalInformationModified = "REMOVED"
 
 
 def _replace_raw(
-    dataset: pydicom.Dataset, tag: BaseTag, action: str, prefix: str, key: bytes
+    dataset: pydicom.Dataset,
+    raw: DataElement | RawDataElement,
+    action: str,
+    prefix: str,
+    run: _Run,
 ) -> str:
-    """Empty an element or map its UIDs on the raw bytes, without decoding the
-    value; "" when the element needs the decoded path (``_Run._replace``).
+    """Empty an element, map its UIDs or write its dummy on the raw bytes, without
+    decoding the value; "" when the element needs the decoded path
+    (``_Run._replace``).
 
     The bytes written are those pydicom would encode for the same value.
     """
-    raw = dataset.get_item(tag)
     if not isinstance(raw, RawDataElement) or raw.value is None:
         return ""
+    tag = raw.tag
     # An implicit VR element takes the dictionary VR, as pydicom would give it.
     vr = raw.VR or _dictionary_vr(tag)
     if vr == "SQ" and action in ("Z", "D"):
@@ -381,7 +446,11 @@ def _replace_raw(
         return "Z"
     if vr not in _RAW_VRS:
         return ""
-    if action == "Z" and not (tag == _PATIENT_NAME and not prefix):
+    if tag == _PATIENT_NAME and not prefix and action in ("Z", "D"):
+        value = _padded(patient_name_pseudonym(run.patient_id, run.key), b" ")
+        dataset[tag] = raw._replace(VR=vr, value=value, length=len(value))
+        return "D"
+    if action == "Z":
         dataset[tag] = raw._replace(VR=vr, value=b"", length=0)
         return "Z"
     if action in ("U", "D", "U*") and vr == "UI":
@@ -389,12 +458,28 @@ def _replace_raw(
         if not text:
             return "U"  # an empty UID stays empty
         # One value maps as is; several map one by one, empty ones included.
-        uids = "\\".join(keyed_uid(uid, key) for uid in text.split("\\"))
+        uids = "\\".join(keyed_uid(uid, run.key) for uid in text.split("\\"))
         value = uids.encode("ascii")
         if len(value) % 2:
             value += b"\0"
         dataset[tag] = raw._replace(VR=vr, value=value, length=len(value))
         return "U"
+    if action == "D" and tag == _PATIENT_ID and vr == "LO":
+        patient_id = _ascii_value(raw)
+        if patient_id is None:
+            return ""
+        if patient_id:  # an empty value stays empty
+            value = _padded(patient_id_pseudonym(patient_id, run.key), b" ")
+            dataset[tag] = raw._replace(VR=vr, value=value, length=len(value))
+        return "D"
+    if action == "D" and vr in _RAW_DUMMIES and tag != _PATIENT_ID:
+        if not raw.value:
+            return "D"  # nothing to hide; an empty value stays empty
+        if not raw.value.strip(b" \0"):
+            return ""  # padding only: its decoded value decides
+        value = _RAW_DUMMIES[vr]
+        dataset[tag] = raw._replace(VR=vr, value=value, length=len(value))
+        return "D"
     return ""
 
 
@@ -410,9 +495,11 @@ def _resolver(policy: DeidPolicy) -> _Resolver:
     cache: dict[int, tuple[str, str, bool]] = {}
 
     def resolve(tag: int) -> tuple[str, str, bool]:
-        found = cache.get(tag)
+        # A plain int key: BaseTag's own __eq__ makes dict look-ups slow.
+        key = int(tag)
+        found = cache.get(key)
         if found is None:
-            found = cache[tag] = _resolve(int(tag), policy)
+            found = cache[key] = _resolve(key, policy)
         return found
 
     return resolve
@@ -525,6 +612,32 @@ def _each(value: object, change: Callable[[str], str]) -> object:
 def _tags(dataset: pydicom.Dataset) -> list[BaseTag]:
     # Iterating a Dataset converts every raw element; its keys do not.
     return list(dataset.keys())
+
+
+def _peek(dataset: pydicom.Dataset, tag: int) -> object:
+    """An element's value, the element left as read: a raw element that stays raw
+    is written back as its bytes, not encoded again."""
+    held = dataset.get_item(tag)
+    if held is None:
+        return ""
+    if isinstance(held, RawDataElement) and held.VR in _PEEK_VRS:
+        text = _ascii_value(held)
+        if text is not None:
+            return text
+    value = dataset[tag].value
+    if isinstance(held, RawDataElement):
+        dataset[tag] = held
+    return value
+
+
+def _ascii_value(raw: RawDataElement) -> str | None:
+    """A raw element's single text value as pydicom decodes it, or None unless it
+    is one ASCII value without escapes (read the same in every character set:
+    decoding comes down to stripping the padding)."""
+    value = raw.value
+    if value is None or not value.isascii() or b"\\" in value or b"\x1b" in value:
+        return None
+    return value.decode("ascii").rstrip(" \0")
 
 
 def _tag_text(tag: int) -> str:

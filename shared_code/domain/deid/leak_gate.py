@@ -22,13 +22,24 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import pydicom
-from pydicom.charset import convert_encodings, encode_string
+from pydicom.charset import convert_encodings, default_encoding, encode_string
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.tag import BaseTag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, RE_VALID_UID, UID
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.tag import BaseTag, tag_in_exception
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    RE_VALID_UID,
+    UID,
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+)
 
 from shared_code.domain.deid import table
 from shared_code.domain.deid.policy import (
@@ -55,7 +66,12 @@ _STANDARD_CODES = frozenset(
 _WORD_NEEDLE = 6
 _BULK_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010, 0x54001010})
 _FILE_META_AE_TITLES = frozenset({0x00020016, 0x00020017, 0x00020018})
+# Transfer syntaxes pydicom writes element by element (not deflated).
+_PLAIN_SYNTAXES = frozenset(
+    uid for uid in AllTransferSyntaxes if uid != DeflatedExplicitVRLittleEndian
+)
 _MIN_NEEDLE = 3
+_PRIVATE_BIT = 0x10000  # odd groups are private
 _MIN_NUMERIC_NEEDLE = 8
 _MAX_UID = 64
 _KEPT, _CLEANED, _REMOVED, _REMOVED_WEAK = "kept", "cleaned", "removed", "weak"
@@ -73,14 +89,15 @@ def collect_needles(dataset: pydicom.Dataset, policy: DeidPolicy) -> Needles:
     """The needles of ``dataset``; call before de-identifying it in place."""
     found: dict[bytes, tuple[str, bool]] = {}
     kept: list[bytes] = [meaning.upper().encode() for meaning in CODE_MEANINGS.values()]
+    fates = _public_fates(policy)
     file_meta = getattr(dataset, "file_meta", None)
     if file_meta is not None:
-        for tag in _tags(file_meta):
+        for tag, element in list(file_meta.items()):
             fate = (
                 _REMOVED if tag in _FILE_META_AE_TITLES else _fate(tag, policy, set())
             )
-            _take(file_meta, tag, _tag_text(tag), fate, ["iso8859"], found, kept)
-    _collect(dataset, policy, "", False, ["iso8859"], found, kept)
+            _take(element, tag, "", fate, ["iso8859"], found, kept)
+    _collect(dataset, policy, fates, "", False, ["iso8859"], found, kept)
 
     kept_text = b"\n".join(kept).upper()
     values = {
@@ -93,7 +110,10 @@ def collect_needles(dataset: pydicom.Dataset, policy: DeidPolicy) -> Needles:
 
 def check_no_leak(needles: Needles, deidentified: pydicom.Dataset) -> None:
     """Raise ``Quarantine("deid_leak", ...)`` if a needle is in the encoded output."""
-    haystack = header_bytes(deidentified).upper()
+    haystack = _value_bytes(deidentified)
+    if haystack is None:
+        haystack = header_bytes(deidentified)
+    haystack = haystack.upper()
     for needle, source in needles.values.items():
         if needle in haystack and _token(needle).search(haystack):
             where = _find_path(deidentified, needle)
@@ -106,6 +126,11 @@ def header_bytes(dataset: pydicom.Dataset) -> bytes:
     held = [(tag, dataset.get_item(tag)) for tag in _tags(dataset) if tag in _BULK_TAGS]
     for tag, _ in held:
         del dataset[tag]
+    # A deflated file is written compressed: scan the values before compression.
+    file_meta = getattr(dataset, "file_meta", None) or FileMetaDataset()
+    deflated = file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian
+    if deflated:
+        file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = io.BytesIO()
     try:
         pydicom.dcmwrite(buffer, dataset)
@@ -113,14 +138,109 @@ def header_bytes(dataset: pydicom.Dataset) -> bytes:
         # What cannot be written cannot be checked, nor released.
         raise Quarantine("deid_unwritable", type(error).__name__) from None
     finally:
+        if deflated:
+            file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
         for tag, element in held:
             dataset[tag] = element
     return buffer.getvalue()
 
 
+def _value_bytes(dataset: pydicom.Dataset) -> bytes | None:
+    """What ``header_bytes`` would hold that a needle can match, without writing
+    the file: the File Meta and header element values as encoded (a raw value as
+    read, a changed one as pydicom writes it), NUL-separated. None when pydicom's
+    writer would re-encode the dataset (another transfer syntax or character set,
+    deflate, no File Meta): then only ``header_bytes`` tells.
+    """
+    file_meta = getattr(dataset, "file_meta", None)
+    if file_meta is None:
+        return None
+    syntax = file_meta.get("TransferSyntaxUID")
+    if syntax not in _PLAIN_SYNTAXES or any(
+        tag >> 16 in (0, 2) for tag in _tags(dataset)
+    ):
+        return None
+    encoding = (bool(syntax.is_implicit_VR), bool(syntax.is_little_endian))
+    charset = dataset.get("SpecificCharacterSet", default_encoding)
+    # As pydicom's writer tells a changed character set (Dataset._character_set).
+    current = convert_encodings(charset) if 0x00080005 in dataset else default_encoding
+    if (
+        encoding != dataset.original_encoding
+        or dataset.original_character_set != current
+        or len(getattr(dataset, "preamble", None) or b"\0" * 128) != 128
+    ):
+        return None
+    parts: list[bytes] = []
+    try:
+        plain = _element_values(
+            file_meta, (False, True), default_encoding, default_encoding, parts
+        )
+        plain = plain and _element_values(dataset, encoding, charset, current, parts)
+    except (TypeError, ValueError, AttributeError, OSError) as error:
+        # What cannot be written cannot be checked, nor released.
+        raise Quarantine("deid_unwritable", type(error).__name__) from None
+    return b"\0".join(parts) if plain else None
+
+
+def _element_values(
+    dataset: pydicom.Dataset,
+    encoding: tuple[bool, bool],
+    charset: str | list[str],
+    current: str | list[str],
+    parts: list[bytes],
+    *,
+    top: bool = True,
+) -> bool:
+    """Add the values of ``dataset`` to ``parts``; False when a raw element is in
+    another encoding than the one written (pydicom would re-encode it).
+
+    ``charset`` is what pydicom's writer encodes text with, ``current`` what it
+    compares with an item's original character set."""
+    for tag in _tags(dataset):
+        if (top and tag in _BULK_TAGS) or (tag.element == 0 and tag.group > 6):
+            continue  # bulk data, and group lengths pydicom does not write
+        element = dataset.get_item(tag)
+        if isinstance(element, RawDataElement):
+            if (element.is_implicit_VR, element.is_little_endian) != encoding:
+                return False
+            if element.value:
+                parts.append(element.value)
+            continue
+        if element.VR == "SQ" and element.value:
+            # Items as read are walked like the dataset: their raw elements need
+            # no encoding. Items pydicom would re-encode are written whole.
+            items = [_item_charsets(item, charset, current) for item in element.value]
+            if all(
+                item.original_encoding == encoding
+                and item.original_character_set == now
+                for item, (_, now) in zip(element.value, items, strict=True)
+            ):
+                for item, (text, now) in zip(element.value, items, strict=True):
+                    if not _element_values(item, encoding, text, now, parts, top=False):
+                        return False
+                continue
+        buffer = DicomBytesIO()
+        buffer.is_implicit_VR, buffer.is_little_endian = encoding
+        with tag_in_exception(tag):
+            write_data_element(buffer, element, charset)
+        parts.append(buffer.getvalue())
+    return True
+
+
+def _item_charsets(
+    item: pydicom.Dataset, charset: str | list[str], current: str | list[str]
+) -> tuple[str | list[str], str | list[str]]:
+    """An item's (writer's charset, current charset) under its parent's."""
+    if 0x00080005 in item:
+        value = item.SpecificCharacterSet
+        return value, convert_encodings(value)
+    return charset, current
+
+
 def _collect(
     dataset: pydicom.Dataset,
     policy: DeidPolicy,
+    fates: dict[int, str],
     prefix: str,
     removed: bool,
     encodings: list[str],
@@ -130,21 +250,41 @@ def _collect(
     if 0x00080005 in dataset:
         encodings = convert_encodings(dataset.SpecificCharacterSet)
     safe = _safe_private(dataset, policy.safe_private) if policy.safe_private else set()
-    for tag in _tags(dataset):
-        path = prefix + _tag_text(tag)
-        fate = _fate(tag, policy, safe)
+    # items() gives the elements as held, raw ones not decoded.
+    for tag, raw in list(dataset.items()):
+        key = int(tag)  # a plain int: BaseTag's __eq__ makes dict look-ups slow
+        if key & _PRIVATE_BIT:
+            fate = _fate(key, policy, safe)
+        else:
+            fate = fates.get(key) or fates.setdefault(key, _fate(key, policy, safe))
         if removed and fate in (_KEPT, _CLEANED):
             fate = _REMOVED_WEAK  # in a removed sequence: gone, but not by its row
-        raw = dataset.get_item(tag)
         vr = raw.VR or _dictionary_vr(tag)
         if vr == "SQ" or (vr == "UN" and _dictionary_vr(tag) == "SQ"):
             gone = fate in (_REMOVED, _REMOVED_WEAK)
+            path = prefix + _tag_text(tag)
             for index, item in enumerate(dataset[tag].value or ()):
                 _collect(
-                    item, policy, f"{path}[{index}].", gone, encodings, found, kept
+                    item,
+                    policy,
+                    fates,
+                    f"{path}[{index}].",
+                    gone,
+                    encodings,
+                    found,
+                    kept,
                 )
+            if isinstance(raw, RawDataElement):
+                # Left as read: unchanged by the engine, it is written as its bytes.
+                dataset[tag] = raw
             continue
-        _take(dataset, tag, path, fate, encodings, found, kept)
+        _take(raw, tag, prefix, fate, encodings, found, kept)
+
+
+@lru_cache(maxsize=64)
+def _public_fates(policy: DeidPolicy) -> dict[int, str]:
+    """A cache of ``_fate`` for public tags under one policy, filled as used."""
+    return {}
 
 
 def _fate(tag: int, policy: DeidPolicy, safe: set[int]) -> str:
@@ -169,9 +309,9 @@ def _fate(tag: int, policy: DeidPolicy, safe: set[int]) -> str:
 
 
 def _take(
-    dataset: pydicom.Dataset,
+    element: RawDataElement | DataElement,
     tag: int,
-    path: str,
+    prefix: str,
     fate: str,
     encodings: list[str],
     found: dict[bytes, tuple[str, bool]],
@@ -179,7 +319,6 @@ def _take(
 ) -> None:
     if fate == _CLEANED:
         return  # neither a needle nor proof that a value may stay
-    element = dataset.get_item(tag)
     vr = element.VR or _dictionary_vr(tag)
     if vr not in _SEARCHED_VRS:
         return
@@ -187,7 +326,8 @@ def _take(
     if fate == _KEPT:
         kept.extend(values)
         return
-    strong = fate == _REMOVED and (vr in _STRONG_VRS or _is_identifier(tag))
+    strong = fate == _REMOVED and (vr in _STRONG_VRS or _is_identifier(int(tag)))
+    path = prefix + _tag_text(tag)
     for value in values:
         for needle, whole in _needles(value, vr):
             _, was_strong = found.get(needle, (path, False))
@@ -243,6 +383,7 @@ def _needles(value: bytes, vr: str) -> list[tuple[bytes, bool]]:
     return [(c, whole) for c, whole in candidates if _is_needle(c)]
 
 
+@lru_cache(maxsize=4096)
 def _is_needle(value: bytes) -> bool:
     if len(value) < _MIN_NEEDLE or value in _STANDARD_CODES:
         return False
@@ -258,6 +399,7 @@ def _is_needle(value: bytes) -> bool:
     return True
 
 
+@lru_cache(maxsize=4096)
 def _is_identifier(tag: int) -> bool:
     keyword = keyword_for_tag(tag) if not (tag >> 16) & 1 else ""
     return keyword.endswith(("ID", "IDs", "Number", "Numbers"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
@@ -306,3 +307,19 @@ def test_policy_reads_codes_and_meanings_and_refuses_clashes() -> None:
         deid.build_policy(["113106", "113107"], [], "quarantine")
     with pytest.raises(deid.PolicyError):
         deid.parse_safe_private(["no element"])
+
+
+def test_gate_catches_a_leak_in_a_deflated_file() -> None:
+    # Deflated Explicit VR Little Endian: written out, the values are compressed,
+    # so the gate must look at them before compression.
+    dataset = pydicom.dcmread(str(get_testdata_file("image_dfl.dcm")))
+    dataset.PatientName = "DOE^JANE"
+    dataset.PatientID = "TEST0001"
+    policy = deid.DeidPolicy(burned_in="flag")  # an OT image: may hold burned-in text
+    needles = deid.collect_needles(dataset, policy)
+    deid.deidentify(dataset, KEY, policy)
+
+    dataset.ManufacturerModelName = "Scanner of Doe^Jane"
+
+    with pytest.raises(Quarantine, match="deid_leak"):
+        deid.check_no_leak(needles, dataset)
