@@ -13,7 +13,9 @@ bp = func.Blueprint()
 # Flex Consumption runs blob triggers from Event Grid; the local host polls instead.
 @bp.blob_trigger(
     arg_name="upload",
-    path="uploads/{tenant}/{name}",
+    # Not uploads/{tenant}/{name}: an upload outside a tenant folder must be
+    # quarantined with its reason, not ignored by a pattern that does not match.
+    path="uploads/{name}",
     connection="AzureWebJobsStorage",
     source=func.BlobSource.EVENT_GRID,
 )

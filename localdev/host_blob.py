@@ -12,6 +12,7 @@ tried again until its content (ETag) changes.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import threading
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import azure.functions as func
 from azure.core import MatchConditions
 from azure.core.exceptions import (
+    AzureError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -136,7 +138,18 @@ class BlobListener:
                     if key in self._in_flight:
                         pending += 1
                         continue
-                if self._receipt_complete(function, blob):
+                try:
+                    complete = self._receipt_complete(function, blob)
+                except AzureError as exc:
+                    # One unreadable name (say one whose dot segments the SDK
+                    # resolves) must not stop the blobs listed after it.
+                    _log.warning(
+                        "blob skipped this pass: %s (%s)",
+                        type(exc).__name__,
+                        hashlib.sha256(item.name.encode()).hexdigest()[:12],
+                    )
+                    continue
+                if complete:
                     with self._lock:
                         self._done.add(key)
                     continue

@@ -22,7 +22,7 @@ from shared_code.config import Settings, TenantSettings
 from shared_code.domain import deid
 from shared_code.domain.dicom_input import ParsedInstance, parse_instance, to_part10
 from shared_code.domain.redact import uid_hash
-from shared_code.errors import InstanceConflict, Quarantine
+from shared_code.errors import AlreadyExists, InstanceConflict, Quarantine
 from shared_code.ports import BlobStore, DicomArchive, StateStore
 from shared_code.services import audit
 from shared_code.services.quarantine import quarantine
@@ -193,28 +193,36 @@ def _store_once(
     state: StateStore,
     message: Mapping[str, Any],
 ) -> str:
-    record = state.get(INSTANCES, tenant, prepared.sop_instance_uid)
-    if record is not None:
-        if record["sha256"] == prepared.sha256:
+    """STOW-RS unless this object is already stored; a different one is a conflict.
+
+    The SOP Instance UID is claimed with a create-only write before the STOW, so of two
+    different objects racing under one new UID exactly one is stored and the other is
+    reported as a conflict (Orthanc would answer both STOWs with success).
+    """
+    record = {
+        "id": prepared.sop_instance_uid,
+        "pk": tenant,
+        "sha256": prepared.sha256,
+        "study_uid": prepared.study_instance_uid,
+        "series_uid": prepared.series_instance_uid,
+        # Lets a redelivery find this record after the staged blob is gone.
+        "source_sha256": str(message["sha256"]),
+        "upload": str(message.get("upload", "")),
+    }
+    try:
+        state.create(INSTANCES, {**record, "state": "storing"})
+    except AlreadyExists:
+        claimed = state.get(INSTANCES, tenant, prepared.sop_instance_uid) or {}
+        if claimed.get("sha256") != prepared.sha256:
+            raise InstanceConflict(
+                "a different object was stored earlier under this SOP Instance UID"
+            ) from None
+        if claimed.get("state", "stored") == "stored":
             return "already_stored"
-        raise InstanceConflict(
-            "a different object was stored earlier under this SOP Instance UID"
-        )
+        # Claimed by an earlier delivery of this same object that did not finish.
 
     _, outcome = store_prepared(prepared, archive)
-    state.upsert(
-        INSTANCES,
-        {
-            "id": prepared.sop_instance_uid,
-            "pk": tenant,
-            "sha256": prepared.sha256,
-            "study_uid": prepared.study_instance_uid,
-            "series_uid": prepared.series_instance_uid,
-            # Lets a redelivery find this record after the staged blob is gone.
-            "source_sha256": str(message["sha256"]),
-            "upload": str(message.get("upload", "")),
-        },
-    )
+    state.upsert(INSTANCES, {**record, "state": "stored"})
     return outcome
 
 
@@ -249,7 +257,8 @@ def _read_staged(
     """The staged bytes, or ``None`` when an earlier delivery finished the work."""
     tenant, blob, sha256 = message["tenant"], message["blob"], message["sha256"]
     if not blobs.exists(settings.instances_container, blob):
-        if state.query(INSTANCES, tenant, source_sha256=sha256):
+        records = state.query(INSTANCES, tenant, source_sha256=sha256)
+        if any(r.get("state", "stored") == "stored" for r in records):
             return None
         raise Quarantine("blob_missing", "the staged instance is gone")
 

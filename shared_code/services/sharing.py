@@ -32,6 +32,7 @@ from shared_code.errors import (
 from shared_code.ports import Clock, DicomArchive, JsonDict, MessageBus, StateStore
 from shared_code.services import audit
 from shared_code.services.archive import prepare_for_tenant, store_prepared
+from shared_code.services.locks import lease
 
 _log = logging.getLogger(__name__)
 
@@ -77,37 +78,46 @@ def request_share(
     if not archive_for(from_tenant).search_studies(study_uid):
         raise RequestRejected(404, "no such study in the source archive")
 
-    for share in state.query(
-        SHARES, None, study_uid=study_uid, from_tenant=from_tenant, to_tenant=to_tenant
-    ):
-        if share["status"] in _OPEN:
-            # The first request's message may have been lost (a failed send, a
-            # dead-lettered transfer): send again; a transfer resumes, never repeats.
-            bus.send(
-                settings.shares_queue, {"share_id": share["id"]}, message_id=share["id"]
-            )
-            return _public(share)
+    # One request at a time per (study, from, to): two racing requests must not both
+    # find no open share and both create one.
+    with lease(state, f"share:{from_tenant}:{to_tenant}:{study_uid}"):
+        for share in state.query(
+            SHARES,
+            None,
+            study_uid=study_uid,
+            from_tenant=from_tenant,
+            to_tenant=to_tenant,
+        ):
+            if share["status"] in _OPEN:
+                # The first request's message may have been lost (a failed send, a
+                # dead-lettered transfer): send again; a transfer resumes, not repeats.
+                bus.send(
+                    settings.shares_queue,
+                    {"share_id": share["id"]},
+                    message_id=share["id"],
+                )
+                return _public(share)
 
-    now = _now(clock)
-    share_id = str(uuid.uuid4())
-    share = state.create(
-        SHARES,
-        {
-            "id": share_id,
-            "pk": share_id,
-            "study_uid": study_uid,
-            "from_tenant": from_tenant,
-            "to_tenant": to_tenant,
-            "status": QUEUED,
-            "total": 0,
-            "copied": 0,
-            "failed": 0,
-            "instances": {},
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
-    bus.send(settings.shares_queue, {"share_id": share_id}, message_id=share_id)
+        now = _now(clock)
+        share_id = str(uuid.uuid4())
+        share = state.create(
+            SHARES,
+            {
+                "id": share_id,
+                "pk": share_id,
+                "study_uid": study_uid,
+                "from_tenant": from_tenant,
+                "to_tenant": to_tenant,
+                "status": QUEUED,
+                "total": 0,
+                "copied": 0,
+                "failed": 0,
+                "instances": {},
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        bus.send(settings.shares_queue, {"share_id": share_id}, message_id=share_id)
     audit.record(
         state, from_tenant, STEP, "requested", study_uid=study_uid, share_id=share_id
     )

@@ -409,7 +409,8 @@ def test_retry_later_propagates_and_keeps_the_staged_blob(world):
         run(world, message)
 
     assert world["blobs"].exists("instances", message["blob"])
-    assert world["state"].query("instances", "trust-a") == []
+    records = world["state"].query("instances", "trust-a")
+    assert [r["state"] for r in records] == ["storing"]  # claimed, not yet stored
     assert run(world, message).outcome == "stored"
 
 
@@ -430,3 +431,29 @@ def test_a_malformed_message_is_refused_before_anything_is_read(world, message):
 
     assert raised.value.reason == "malformed_message"
     assert world["state"].query("audit", None) == []
+
+
+def test_of_two_objects_racing_under_one_new_uid_one_is_stored_one_conflicts(world):
+    data = dicom_bytes()
+    other = pydicom.dcmread(io.BytesIO(data))
+    other.SeriesDescription = "a different object, same SOP Instance UID"
+    buffer = io.BytesIO()
+    other.save_as(buffer)
+    first = stage(world["blobs"], "trust-a", data)
+    second = stage(world["blobs"], "trust-a", buffer.getvalue())
+    archive_double = world["archives"]["trust-a"]
+    original_store = archive_double.store_instance
+    during_first_stow: list[archive.ArchiveOutcome] = []
+
+    def store_while_the_other_arrives(part10: bytes) -> StoreOutcome:
+        if not during_first_stow:  # the second message runs while the first STOWs
+            during_first_stow.append(run(world, second))
+        return original_store(part10)
+
+    archive_double.store_instance = store_while_the_other_arrives
+
+    outcome = run(world, first)
+
+    assert outcome.outcome == "stored"
+    assert [o.reason for o in during_first_stow] == ["sop_instance_conflict"]
+    assert archive_double.stores == 1
