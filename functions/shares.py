@@ -6,6 +6,7 @@ import azure.functions as func
 
 from functions._edge import handle_http, handle_message, request_json
 from shared_code.domain.access import READ_STUDIES, WRITE_SHARES, Principal
+from shared_code.errors import Quarantine
 from shared_code.ports import JsonDict
 from shared_code.services.sharing import request_share, share_status, transfer_share
 from shared_code.wiring import Context
@@ -59,9 +60,15 @@ def transfer(msg: func.ServiceBusMessage) -> None:
         msg,
         "shares",
         lambda ctx, body: transfer_share(
-            str(body.get("share_id", "")),
+            _share_id(body),
             settings=ctx.settings,
             state=ctx.state,
             archive_for=ctx.archive_for,
         ),
     )
+
+
+def _share_id(body: object) -> str:
+    if not isinstance(body, dict) or not isinstance(body.get("share_id"), str):
+        raise Quarantine("malformed_message", 'the body must be {"share_id": str}')
+    return str(body["share_id"])

@@ -277,9 +277,12 @@ def _set_aside(
     state: StateStore,
 ) -> ArchiveOutcome:
     tenant, blob = str(message["tenant"]), str(message["blob"])
+    if data is None and error.reason == "staged_blob_mismatch":
+        data = blobs.read(settings.instances_container, blob)  # set the wrong one aside
     if data is None:
-        # Nothing to move aside; the audit record still says what happened.
-        audit.record(state, tenant, STEP, "quarantined", detail=error.reason)
+        # No instance to move aside (an unknown tenant, a staged blob that is gone):
+        # the caller sets the message itself aside with this reason.
+        raise error
     else:
         quarantine(
             blobs,

@@ -35,6 +35,7 @@ _log = logging.getLogger(__name__)
 
 UPLOADS = "uploads"
 UNKNOWN_TENANT = "unknown-tenant"
+_HASH_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -94,8 +95,8 @@ def ingest_upload(
         _log.info("upload already gone", extra={"tenant": tenant or UNKNOWN_TENANT})
         return IngestOutcome(tenant=tenant or UNKNOWN_TENANT, upload=blob_path)
 
-    upload_key = _upload_key(blob_path, version)
     with stream:
+        upload_key = _upload_key(blob_path, stream)
         if tenant not in settings.tenants:
             outcome = IngestOutcome(tenant=UNKNOWN_TENANT, upload=blob_path)
             unknown = Quarantine(
@@ -117,7 +118,13 @@ def ingest_upload(
                 state=state,
             )
     return _finish(
-        outcome, blob_path, version, settings=settings, blobs=blobs, state=state
+        outcome,
+        blob_path,
+        version,
+        upload_key,
+        settings=settings,
+        blobs=blobs,
+        state=state,
     )
 
 
@@ -279,13 +286,13 @@ def _finish(
     outcome: IngestOutcome,
     blob_path: str,
     version: BlobVersion,
+    upload_key: str,
     *,
     settings: Settings,
     blobs: BlobStore,
     state: StateStore,
 ) -> IngestOutcome:
     """Record the outcome, then (only then) remove the version read from the inbox."""
-    upload_key = _upload_key(blob_path, version)
     state.upsert(
         UPLOADS,
         {
@@ -325,9 +332,15 @@ def _finish(
     return outcome
 
 
-def _upload_key(blob_path: str, version: BlobVersion) -> str:
-    """Names one version of one upload without its (possibly identifying) name."""
-    return hashlib.sha256(f"{blob_path}\n{version.etag}".encode()).hexdigest()[:32]
+def _upload_key(blob_path: str, stream: BinaryIO) -> str:
+    """Names one upload by its path and content, not its (possibly identifying) name:
+    the same file uploaded again lands on the same records and quarantine names."""
+    content = hashlib.sha256()
+    for chunk in iter(lambda: stream.read(_HASH_CHUNK), b""):
+        content.update(chunk)
+    stream.seek(0)
+    key = f"{blob_path}\n{content.hexdigest()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 def _safe_blob_name(member_name: str) -> str:

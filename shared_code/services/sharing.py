@@ -138,8 +138,7 @@ def transfer_share(
     """
     share = state.get(SHARES, share_id, share_id)
     if share is None:
-        _log.warning("share_missing", extra={"share_id": share_id})
-        return {}
+        raise Quarantine("share_missing", "no share document has this id")
     if share["status"] in (COMPLETE, FAILED):
         return _public(share)
 
