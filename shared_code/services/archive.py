@@ -23,7 +23,7 @@ from shared_code.domain import deid
 from shared_code.domain.dicom_input import ParsedInstance, parse_instance, to_part10
 from shared_code.domain.redact import uid_hash
 from shared_code.errors import AlreadyExists, InstanceConflict, Quarantine
-from shared_code.ports import BlobStore, DicomArchive, StateStore
+from shared_code.ports import BlobStore, DicomArchive, JsonDict, StateStore
 from shared_code.services import audit
 from shared_code.services.quarantine import quarantine
 
@@ -44,6 +44,8 @@ class PreparedInstance:
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
+    # Which rule acted on which attribute path (never values): kept for audit.
+    deid_report: JsonDict | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ def prepare_for_tenant(
     instance never reaches the archive.
     """
     dataset = parsed.dataset
+    report_record: JsonDict | None = None
     if tenant.policy == "research":
         policy = deid.build_policy(
             tenant.deid_options, tenant.deid_safe_private, tenant.deid_burned_in
@@ -86,6 +89,7 @@ def prepare_for_tenant(
                 "burned_in_flagged": report.burned_in_risk,
             },
         )
+        report_record = report.as_dict()
 
     part10 = to_part10(dataset)
     return PreparedInstance(
@@ -94,6 +98,7 @@ def prepare_for_tenant(
         study_instance_uid=str(dataset.StudyInstanceUID),
         series_instance_uid=str(dataset.SeriesInstanceUID),
         sop_instance_uid=str(dataset.SOPInstanceUID),
+        deid_report=report_record,
     )
 
 
@@ -136,6 +141,7 @@ def archive_instance(
         outcome,
         study_uid=prepared.study_instance_uid,
         sop_uid=prepared.sop_instance_uid,
+        deid_report=prepared.deid_report,
     )
     # Only now: a crash before the state record leaves the blob for the retry.
     blobs.delete(settings.instances_container, blob)

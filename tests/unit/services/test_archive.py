@@ -357,6 +357,11 @@ def test_research_tenant_gets_pseudonyms(world):
     assert outcome.sop_instance_uid != original.SOPInstanceUID
     stored = world["archives"]["research"].instances[outcome.sop_instance_uid][2]
     assert pydicom.dcmread(io.BytesIO(stored)).PatientName != original.PatientName
+    [record] = world["state"].query("audit", "research")
+    report = record["deid_report"]
+    assert report["edition"] == "2024b"
+    assert any(path == "(0010,0010)" for path, _, _ in report["entries"])
+    assert str(original.PatientName) not in str(record)
 
 
 def test_leak_quarantines_and_never_reaches_the_archive(world, monkeypatch):
