@@ -289,17 +289,16 @@ def _set_aside(
         # No instance to move aside (an unknown tenant, a staged blob that is gone):
         # the caller sets the message itself aside with this reason.
         raise error
-    else:
-        quarantine(
-            blobs,
-            state,
-            settings.quarantine_container,
-            tenant=tenant,
-            source=f"{settings.instances_container}/{blob}",
-            name=f"{STEP}/{blob.rsplit('/', 1)[-1]}",
-            data=data,
-            error=error,
-            step=STEP,
-        )
-        blobs.delete(settings.instances_container, blob)
+    quarantine(
+        blobs,
+        state,
+        settings.quarantine_container,
+        tenant=tenant,
+        source=f"{settings.instances_container}/{blob}",
+        name=f"{STEP}/{blob.rsplit('/', 1)[-1]}",
+        data=data,
+        error=error,
+        step=STEP,
+    )
+    blobs.delete(settings.instances_container, blob)
     return ArchiveOutcome(tenant, "quarantined", reason=error.reason)

@@ -36,28 +36,14 @@ from shared_code.errors import Quarantine, RetryLater
 from shared_code.ports import DicomEvent, JsonDict, StoreOutcome
 from shared_code.services.fhir_sync import SyncOutcome, sync_study
 from shared_code.services.study_events import handle_dicom_event
+from tests.unit.domain.test_fhir_mapping import (
+    INSTANCE_KEYWORDS,
+    SERIES_KEYWORDS,
+    STUDY_KEYWORDS,
+)
 
 PATIENT_SYSTEM = "https://fhir.nhs.uk/Id/local-patient-identifier"
 DICOMWEB_ROOT = "http://127.0.0.1:18042/dicom-web"
-STUDY_KEYWORDS = (
-    "StudyInstanceUID",
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "TimezoneOffsetFromUTC",
-    "AccessionNumber",
-    "StudyDescription",
-)
-SERIES_KEYWORDS = ("SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription")
-INSTANCE_KEYWORDS = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "SeriesInstanceUID",
-    "InstanceNumber",
-)
 
 
 def pydicom_file(name: str) -> Dataset:
